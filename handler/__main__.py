@@ -1,0 +1,7 @@
+"""``python -m handler explain ...``: see handler/cli.py."""
+
+import sys
+
+from handler.cli import main
+
+sys.exit(main())
