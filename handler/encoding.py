@@ -230,15 +230,6 @@ def heatmap_png_b64(heatmap: np.ndarray) -> str:
     return base64.b64encode(heatmap_png(heatmap)).decode("ascii")
 
 
-def dumps(obj: Any) -> str:
-    """Compact JSON for a response body."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def error_body(message: str) -> str:
-    return dumps({"error": message})
-
-
 def merge_repeated_fields() -> bool:
     """Let repeated form fields (``-F prompt=a -F prompt=b``) reach the handler as a list.
 

@@ -29,8 +29,6 @@ from handler import Explainer, ExplainerConfig, ImageTooLargeError, InputError, 
 from handler.encoding import (
     JSON_CONTENT_TYPE,
     RequestError,
-    dumps,
-    error_body,
     heatmap_png_b64,
     merge_repeated_fields,
     parse_request,
@@ -142,13 +140,14 @@ class GScoreCAMHandler(BaseHandler):
                 seen.add(items[i]["digest"])
         return items
 
-    def postprocess(self, items: list[dict[str, Any]]) -> list[str]:
-        out: list[str] = []
+    def postprocess(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One JSON object per request (TorchServe serializes dicts; request envelopes can embed them)."""
+        out: list[dict[str, Any]] = []
         for idx, item in enumerate(items):
             if "results" not in item:
                 status = int(item.get("status", 500))
                 self._set_status(idx, status)
-                out.append(error_body(item.get("error", "request failed")))
+                out.append({"error": item.get("error", "request failed")})
                 continue
             request, results = item["request"], item["results"]
             heatmap = item["parsed"].heatmap or self.settings.heatmap
@@ -164,7 +163,7 @@ class GScoreCAMHandler(BaseHandler):
             }
             self._set_status(idx, 200)
             self._emit_metrics(idx, int(first.forward_passes) if item.get("passes_owned") else 0, first.elapsed_ms)
-            out.append(dumps(body))
+            out.append(body)
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -214,10 +213,10 @@ class GScoreCAMHandler(BaseHandler):
             return
         try:
             ctx.set_response_content_type(idx, JSON_CONTENT_TYPE)
-        except (TypeError, IndexError, AttributeError):  # a context without per-request processors
+            if status != 200:
+                ctx.set_response_status(status, _PHRASES.get(status, "Error"), idx)
+        except (TypeError, IndexError, AttributeError):  # no per-request processor (e.g. under a request envelope)
             pass
-        if status != 200:
-            ctx.set_response_status(status, _PHRASES.get(status, "Error"), idx)
 
     def _emit_metrics(self, idx: int, passes: int, elapsed_ms: float) -> None:
         metrics = getattr(self.context, "metrics", None)

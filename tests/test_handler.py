@@ -70,7 +70,8 @@ def run(handler, model_dir, rows: list) -> tuple[list[dict], Context]:
     ctx.request_ids = {i: f"req-{i}" for i in range(len(rows))}
     out = handler.handle(rows, ctx)
     assert len(out) == len(rows)
-    return [json.loads(o) for o in out], ctx
+    assert all(isinstance(o, dict) for o in out)
+    return out, ctx
 
 
 def png(size=(48, 32), fmt="PNG") -> bytes:
