@@ -6,7 +6,8 @@ TorchServe's Python worker hands a handler one dict per request of a batch:
   did not parse, which is answered with 400);
 * REST multipart/form-data (``curl -F image=@x.jpg -F prompt="a dog"``): one key per form field, file parts as
   ``bytearray``, text fields as ``str`` (or ``bytearray`` when no text content type was sent);
-* REST raw body (``curl -T x.jpg``): ``{"body": bytearray}``, prompts from the query string (``?prompt=a%20dog``);
+* REST raw body (``curl --data-binary @x.jpg``): ``{"body": bytearray}``; TorchServe 0.12 forwards no query-string
+  parameters with it, so it carries no prompts and is answered 400 with a hint (use JSON or multipart);
 * gRPC ``Predictions``: the ``input`` map, every value a ``bytearray``; ``prompt``/``prompts`` are UTF-8 text, a
   JSON list of strings accepted.
 
@@ -184,7 +185,12 @@ def parse_request(row: Any, max_prompts: int = 16, max_prompt_chars: int = 300) 
             if not isinstance(parsed, dict):
                 raise RequestError("the JSON body must be an object")
             return parse_request({**fields, "body": parsed}, max_prompts, max_prompt_chars)
-        image = raw  # a raw image upload (curl -T x.jpg / --data-binary @x.jpg)
+        image = raw  # a raw image upload (curl --data-binary @x.jpg): prompts must come as other fields
+        if not collect_prompts(fields):
+            raise RequestError(
+                "the body is a bare image without prompts: send JSON {\"image\": <base64>, \"prompts\": [...]} "
+                "or multipart (-F image=@x.jpg -F prompt=...)"
+            )
     elif isinstance(body, str):
         raise RequestError("request body is text, expected JSON with a base64 'image' or an image upload")
     if image is None:
@@ -199,7 +205,12 @@ def parse_request(row: Any, max_prompts: int = 16, max_prompt_chars: int = 300) 
             raise RequestError("'image' must be a file part / bytes")
     if not image:
         raise RequestError("'image' is empty")
-    prompts = validate_prompts(collect_prompts(fields), max_prompts, max_prompt_chars)
+    try:
+        prompts = validate_prompts(collect_prompts(fields), max_prompts, max_prompt_chars)
+    except RequestError as exc:
+        if not fields:
+            raise
+        raise RequestError(f"{exc} (fields received: {', '.join(sorted(map(str, fields)))})", exc.status) from None
     heatmap = _optional_text(fields.get("heatmap"), "heatmap")
     if heatmap is not None and heatmap not in ("png", "none"):
         raise RequestError(f"'heatmap' must be 'png' or 'none', got {heatmap!r}")

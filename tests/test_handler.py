@@ -105,7 +105,7 @@ def test_batch_of_every_request_form(handler, model_dir):
         {"image": bytearray(image), "prompt": "a dog"},  # multipart: file part bytearray, text field str
         {"image": bytearray(image), "prompts": bytearray(b'["a dog", "a bird"]')},  # gRPC: all bytearrays
         {"image": bytearray(png((40, 30), "JPEG")), "prompt": bytearray("a caf\u00e9".encode())},  # gRPC UTF-8
-        {"body": bytearray(image), "prompt": "a dog"},  # raw upload + query-string prompt
+        {"body": bytearray(image), "prompt": "a dog"},  # raw upload + a prompt field (a custom frontend)
     ]
     bodies, ctx = run(handler, model_dir, rows)
     for i, body in enumerate(bodies):

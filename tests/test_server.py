@@ -317,3 +317,19 @@ def test_heatmap_values_follow_the_core(server):
     assert hm.dtype == np.uint8 and hm.shape == (60, 90)
     assert hm.max() >= 1
 
+
+
+def test_token_rotation(server):
+    """POST /token?type=inference with the API key rotates the inference key (docs/SERVING.md)."""
+    old = server.key("inference")
+    api_key = json.loads((server.dir / "key_file.json").read_text())["API"]["key"]
+    r = requests.post(f"{server.management_url}/token?type=inference",
+                      headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    new = server.key("inference")
+    assert new != old
+    image = base64.b64encode(png_bytes()).decode()
+    r = requests.post(f"{server.inference_url}/predictions/{MODEL}", json={"image": image, "prompt": "a dog"},
+                      headers={"Authorization": f"Bearer {old}"}, timeout=60)
+    assert r.status_code in (400, 401, 403)
+    assert predict_json(server, {"image": image, "prompt": "a dog"}).status_code == 200
