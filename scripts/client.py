@@ -96,6 +96,9 @@ def call_rest(args: argparse.Namespace, image: bytes, token: str | None) -> dict
         body = {"error": r.text.strip()[:500]}
     if r.status_code != 200:
         message = body.get("error") or body.get("message") or body
+        if "Token" in str(message):
+            message = (f"{message} (send the 'inference' key of TorchServe's key_file.json with --key-file/--token; "
+                       "an expired key is rotated with POST /token?type=inference on the management API)")
         raise ClientError(f"HTTP {r.status_code} from {url}: {message}")
     return body
 
