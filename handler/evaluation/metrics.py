@@ -235,7 +235,8 @@ def summarize(records: Sequence[dict]) -> dict:
         "mean_iou": float(np.mean(ious)) if n else float("nan"),
         "pointing_acc": float(np.mean([r["pointing"] for r in records])) if n else float("nan"),
     }
-    for key in ("ms_per_explanation", "passes_per_explanation", "passes_per_call"):
+    for key in ("ms_per_explanation", "passes_per_explanation", "passes_per_call", "forward_passes_per_explanation",
+                "backward_passes_per_explanation"):
         vals = [r[key] for r in records if r.get(key) is not None]
         out[key] = float(np.mean(vals)) if vals else float("nan")
     return out

@@ -24,7 +24,8 @@ SIZE_ORDER = ("small", "medium", "large")
 OBJECT_ORDER = tuple(g[0] for g in OBJECT_GROUPS)
 MAIN_COLUMNS = ("setting", "method", "topk", "n", "box_acc", "max_box_acc_v2", "boxacc_d0.3", "boxacc_d0.5",
                 "boxacc_d0.7", "tau_d0.3", "tau_d0.5", "tau_d0.7", "mean_iou", "pointing_acc", "ms_per_explanation",
-                "passes_per_explanation", "passes_per_call")
+                "passes_per_explanation", "passes_per_call", "forward_passes_per_explanation",
+                "backward_passes_per_explanation")
 
 
 def summary_rows(results: dict[str, list[dict]]) -> list[dict]:
@@ -37,7 +38,9 @@ def summary_rows(results: dict[str, list[dict]]) -> list[dict]:
                "topk": int(np.median(topks)) if topks else 0, "n": s["n"], "box_acc": s["box_acc"],
                "max_box_acc_v2": s["max_box_acc_v2"], "mean_iou": s["mean_iou"], "pointing_acc": s["pointing_acc"],
                "ms_per_explanation": s["ms_per_explanation"], "passes_per_explanation": s["passes_per_explanation"],
-               "passes_per_call": s["passes_per_call"]}
+               "passes_per_call": s["passes_per_call"],
+               "forward_passes_per_explanation": s["forward_passes_per_explanation"],
+               "backward_passes_per_explanation": s["backward_passes_per_explanation"]}
         for d in DELTAS:
             row[f"boxacc_d{d}"] = s["max_box_acc_v2_per_delta"].get(d, float("nan"))
             row[f"tau_d{d}"] = s["best_tau"].get(d, float("nan"))
@@ -55,6 +58,13 @@ def _num(v: float, fmt: str = "{:.1f}") -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
+def _tau(row: dict, delta: float) -> str:
+    """The best tau, or "–" when no tau gives a hit (the argmax of an all-zero curve means nothing)."""
+    if not row[f"boxacc_d{delta}"]:
+        return "–"
+    return _num(row[f"tau_d{delta}"], "{:.2f}")
+
+
 def markdown(rows: Sequence[dict], meta: dict | None = None) -> str:
     """The markdown report (metrics in %, times in ms)."""
     lines = []
@@ -66,16 +76,17 @@ def markdown(rows: Sequence[dict], meta: dict | None = None) -> str:
         lines.append("")
     lines += [
         "| method | k | explanations | BoxAcc (δ=0.5, Otsu) | MaxBoxAccV2 | BoxAcc δ=0.3 / 0.5 / 0.7 (best τ) "
-        "| mean IoU | pointing acc | ms / explanation | masked passes / explanation | passes / call |",
+        "| mean IoU | pointing acc | ms / explanation | masked passes / explanation | forward / backward passes "
+        "per explanation |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        per = " / ".join(f"{_pct(r[f'boxacc_d{d}'])} ({_num(r[f'tau_d{d}'], '{:.2f}')})" for d in DELTAS)
+        per = " / ".join(f"{_pct(r[f'boxacc_d{d}'])} ({_tau(r, d)})" for d in DELTAS)
         lines.append(
             f"| {r['method']} | {r['topk'] if r['method'] in ('gscorecam', 'scorecam') else '–'} | {r['n']} "
             f"| {_pct(r['box_acc'])} | {_pct(r['max_box_acc_v2'])} | {per} | {_pct(r['mean_iou'])} "
             f"| {_pct(r['pointing_acc'])} | {_num(r['ms_per_explanation'])} | {_num(r['passes_per_explanation'])} "
-            f"| {_num(r['passes_per_call'], '{:.0f}')} |")
+            f"| {_num(r['forward_passes_per_explanation'])} / {_num(r['backward_passes_per_explanation'], '{:.0f}')} |")
     lines += ["", "Mean IoU (%) of the Otsu box by number of objects per image and by object size "
               "(largest box of the class / image area: small < 0.33 ≤ medium < 0.67 ≤ large); n in brackets.", "",
               "| method | k | " + " | ".join(f"{g} objects" for g in OBJECT_ORDER) + " | "
@@ -89,7 +100,9 @@ def markdown(rows: Sequence[dict], meta: dict | None = None) -> str:
     lines += ["", "BoxAcc and MaxBoxAccV2 as defined by Choe et al. (CVPR 2020): the box at τ is the tight box of the "
               "largest 8-connected component of the min-max normalized heatmap ≥ τ, τ ∈ {0, 0.05, …, 0.95} chosen "
               "per δ over the whole set; a hit is IoU ≥ δ with any ground-truth box of the prompted class. Runtime "
-              "is the wall time of the call that explained all categories of an image, divided by their number.", ""]
+              "is the wall time of the call that explained all categories of an image, divided by their number; masked "
+              "passes likewise (prompts of one image share them); forward passes add the call's one unmasked pass; "
+              "backward passes are head-only, one per prompt, for the gradient methods and gScoreCAM.", ""]
     return "\n".join(lines)
 
 

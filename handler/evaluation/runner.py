@@ -149,6 +149,15 @@ class Runner:
         return self.cache_dir / _safe(spec.key) / f"{_safe(sample.image_id)}.json"
 
     # ------------------------------------------------------------------ per image
+    @staticmethod
+    def needs_backward(spec: MethodSpec) -> bool:
+        """Whether the method runs one (head-only) backward per prompt (gradient methods and gScoreCAM)."""
+        if spec.method == "rise":
+            return False
+        from handler.explainer import check_method
+
+        return bool(check_method(spec.method).needs_gradient)
+
     def records_for(self, spec: MethodSpec, sample: Sample, image) -> list[dict]:
         prompts = [t.prompt for t in sample.targets]
         results = self.explain(spec, image, prompts)
@@ -156,6 +165,7 @@ class Runner:
             raise RuntimeError(f"{spec.key}: {len(results)} explanations for {len(prompts)} prompts")
         records = []
         n = len(results)
+        backward = 1.0 if self.needs_backward(spec) else 0.0
         for target, r in zip(sample.targets, results, strict=True):
             rec = explanation_metrics(r.heatmap, r.box, target.boxes, n_objects=sample.n_objects,
                                       pointing_tolerance=self.pointing_tolerance, threshold_box=self.threshold_box)
@@ -171,6 +181,9 @@ class Runner:
                 "ms_per_explanation": float(r.elapsed_ms) / n,
                 "passes_per_call": int(r.forward_passes),
                 "passes_per_explanation": float(r.forward_passes) / n,
+                # + the one unmasked forward of the call (the CAM methods' trunk pass, RISE's base score)
+                "forward_passes_per_explanation": (float(r.forward_passes) + 1.0) / n,
+                "backward_passes_per_explanation": backward,
             })
             records.append(rec)
         return records
