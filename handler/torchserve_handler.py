@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -90,11 +91,12 @@ class GScoreCAMHandler(BaseHandler):
         )
         merge_repeated_fields()
         logger.info(
-            "gScoreCAM handler ready: model=%s device=%s settings=%s (%.0f ms)",
+            "gScoreCAM handler ready: model=%s device=%s settings=%s (%.0f ms); handler package from %s",
             self.clip.name,
             self.device,
             self.settings.to_dict(),
             (time.perf_counter() - started) * 1000,
+            os.path.dirname(os.path.abspath(sys.modules["handler"].__file__)),
         )
         self.initialized = True
 
@@ -164,6 +166,8 @@ class GScoreCAMHandler(BaseHandler):
             self._set_status(idx, 200)
             self._emit_metrics(idx, int(first.forward_passes) if item.get("passes_owned") else 0, first.elapsed_ms)
             out.append(body)
+        logger.info("gScoreCAM batch of %d request(s): statuses %s", len(items),
+                    [200 if "results" in item else int(item.get("status", 500)) for item in items])
         return out
 
     # ------------------------------------------------------------------ helpers

@@ -85,6 +85,14 @@ def check_ok_body(body: dict, size: tuple[int, int], prompts: list[str], heatmap
             assert "heatmap_png" not in r
 
 
+def test_worker_imports_the_archived_handler_package(server):
+    """The worker imports `handler` from the unpacked archive (its model dir), not from this checkout."""
+    log = (server.dir / "logs" / "model_log.log").read_text()
+    line = next(x for x in log.splitlines() if "handler package from" in x)
+    origin = line.rsplit("handler package from ", 1)[1].strip()
+    assert origin.startswith(str(server.dir)) and not origin.startswith(str(ROOT / "handler")), origin
+
+
 def test_rest_json_two_prompts(server):
     image = png_bytes((96, 64))
     r = predict_json(server, {"image": base64.b64encode(image).decode(), "prompts": ["a red square", "a cat"]})
@@ -224,6 +232,11 @@ def test_concurrent_batch_with_two_corrupt(server):
         else:
             assert r.status_code == 200, (i, r.text)
             check_ok_body(r.json(), (64 + i, 48), ["a dog", "a cat"], heatmaps=True)
+    # TorchServe did batch them: the handler logs each batch's statuses
+    batches = [json.loads(line.split("statuses ", 1)[1].strip()) for line in
+               (server.dir / "logs" / "model_log.log").read_text().splitlines() if "gScoreCAM batch of" in line]
+    assert max(len(b) for b in batches) > 1, batches
+    print(f"\n[batching] batches seen: {batches}", file=sys.stderr)
 
 
 def _wait_workers(server, n: int, timeout: float = 120) -> list[dict]:
