@@ -3,7 +3,7 @@
 
   scripts/build_mar.py                                    # the embedded demo model -> model_store/gscorecam.mar
   scripts/build_mar.py --arch RN50x16 --pretrained openai # downloads through open_clip (needs network), packs weights
-  scripts/build_mar.py --arch RN50x4 --checkpoint rn50x4.pt          # offline, open_clip or OpenAI state dict
+  scripts/build_mar.py --arch RN50x4-quickgelu --checkpoint RN50x4.pt  # offline; OpenAI weights need -quickgelu
   scripts/build_mar.py --arch my_clip.json --checkpoint my.safetensors  # a model-config JSON + its weights
 
 The archive holds: the handler file (``--handler``), the ``handler`` package and the arch JSON (``--extra-files``
@@ -85,8 +85,12 @@ def _write_yaml(path: Path, args: argparse.Namespace, handler_settings: dict) ->
     path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
 
-def _download_pretrained(arch: str, pretrained: str, dest: Path) -> Path:
-    """open_clip model with pretrained weights -> its state dict as safetensors (packed, so serving is offline)."""
+def _download_pretrained(arch: str, pretrained: str, dest: Path) -> tuple[Path, str]:
+    """open_clip model with pretrained weights -> (its state dict as safetensors, the arch name to rebuild it).
+
+    The weights are packed, so serving is offline. OpenAI weights expect QuickGELU, which open_clip switches on
+    for the pretrained tag; rebuilding from a checkpoint needs the ``<arch>-quickgelu`` config to match.
+    """
     import open_clip
     from safetensors.torch import save_file
 
@@ -95,7 +99,11 @@ def _download_pretrained(arch: str, pretrained: str, dest: Path) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     out = dest / f"{arch.replace('/', '_')}-{pretrained}.safetensors"
     save_file(state, str(out))
-    return out
+    packed_arch = arch
+    quick_gelu = (open_clip.get_pretrained_cfg(arch, pretrained) or {}).get("quick_gelu", False)
+    if quick_gelu and not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
+        packed_arch = f"{arch}-quickgelu"
+    return out, packed_arch
 
 
 def _stage_handler_package(stage: Path) -> None:
@@ -135,7 +143,7 @@ def build(args: argparse.Namespace) -> Path:
                     raise SystemExit(f"--checkpoint {args.checkpoint}: file not found")
                 weights = args.checkpoint.resolve()
             else:
-                weights = _download_pretrained(args.arch, args.pretrained, tmp)
+                weights, settings["arch"] = _download_pretrained(args.arch, args.pretrained, tmp)
         settings.update(
             method=args.method,
             topk=args.topk,

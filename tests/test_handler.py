@@ -266,3 +266,34 @@ def test_build_mar_layout(tmp_path, model_dir):
     assert cfg["batchSize"] == 8 and cfg["minWorkers"] == cfg["maxWorkers"] == 2
     settings = ServeSettings.from_yaml_config(cfg)
     assert (settings.arch, settings.topk, settings.method) == ("tiny_clip.json", 5, "scorecam")
+
+
+def test_build_mar_pretrained_packs_weights_and_quickgelu_arch(tmp_path, monkeypatch):
+    """--pretrained downloads through open_clip at build time (stubbed here: no network) and packs the weights;
+    OpenAI weights are rebuilt with the -quickgelu config."""
+    import importlib.util
+
+    import open_clip
+
+    from tests.server_fixture import ROOT, TINY_CLIP_CONFIG
+
+    spec = importlib.util.spec_from_file_location("build_mar_script", ROOT / "scripts" / "build_mar.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+
+    def fake_create_model(arch, pretrained=None, device="cpu"):
+        calls.append((arch, pretrained))
+        return open_clip.CLIP(**TINY_CLIP_CONFIG["model_cfg"])
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: {"quick_gelu": True})
+    monkeypatch.setattr(open_clip, "list_models", lambda: ["RN50x16", "RN50x16-quickgelu"])
+    assert script.main(["--arch", "RN50x16", "--pretrained", "openai", "--export-path", str(tmp_path),
+                        "--archive-format", "zip-store"]) == 0
+    assert calls == [("RN50x16", "openai")]
+    with zipfile.ZipFile(tmp_path / "gscorecam.mar") as zf:
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+        cfg = yaml.safe_load(zf.read("model-config.yaml"))
+    assert manifest["model"]["serializedFile"] == "RN50x16-openai.safetensors"
+    assert cfg["handler"]["arch"] == "RN50x16-quickgelu"
