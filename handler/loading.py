@@ -133,7 +133,7 @@ class ClipModel:
 
         rgb = to_rgb(image).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).to(self.device)
-        x = pixels.permute(2, 0, 1).unsqueeze(0).to(self.dtype if self.dtype != torch.float16 else torch.float32) / 255.0
+        x = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0  # normalize in fp32, then cast to the weights' dtype
         x = ((x - self.mean) / self.std).to(self.dtype)
         return x.contiguous(memory_format=self.memory_format)
 
