@@ -101,6 +101,20 @@ class GScoreCAMHandler(BaseHandler):
         self.initialized = True
 
     # ------------------------------------------------------------------ TorchServe stages
+    def handle(self, data: list[Any], context) -> list[dict[str, Any]]:
+        """preprocess -> inference -> postprocess, one response per request of the batch.
+
+        Replaces BaseHandler.handle so that its captum "explain"/"describe" header paths (which answer one item
+        for a whole batch) cannot be triggered by a client header.
+        """
+        started = time.perf_counter()
+        self.context = context
+        out = self.postprocess(self.inference(self.preprocess(data)))
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+        return out
+
     def preprocess(self, data: list[Any]) -> list[dict[str, Any]]:
         """Each request -> {"request": ExplainRequest, ...} or {"status": 4xx, "error": message}."""
         settings = self.settings or ServeSettings()
@@ -116,6 +130,9 @@ class GScoreCAMHandler(BaseHandler):
                 items.append({"status": 413, "error": str(exc)})
             except InputError as exc:
                 items.append({"status": 400, "error": str(exc)})
+            except Exception as exc:  # never let one request's surprise fail its whole batch
+                logger.exception("could not decode a request")
+                items.append({"status": 500, "error": f"could not decode the request: {type(exc).__name__}: {exc}"})
         return items
 
     def inference(self, items: list[dict[str, Any]], *args, **kwargs) -> list[dict[str, Any]]:

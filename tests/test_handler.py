@@ -297,3 +297,13 @@ def test_build_mar_pretrained_packs_weights_and_quickgelu_arch(tmp_path, monkeyp
         cfg = yaml.safe_load(zf.read("model-config.yaml"))
     assert manifest["model"]["serializedFile"] == "RN50x16-openai.safetensors"
     assert cfg["handler"]["arch"] == "RN50x16-quickgelu"
+
+
+def test_explain_and_describe_headers_do_not_hijack_the_batch(handler, model_dir):
+    image = base64.b64encode(png()).decode()
+    rows = [{"body": {"image": image, "prompt": "a dog"}}, {"body": {"image": image, "prompt": "a cat"}}]
+    ctx = make_context(model_dir, batch=2)
+    ctx.request_processor = [RequestProcessor({"explain": "True", "describe": "True"}) for _ in rows]
+    ctx.request_ids = {0: "a", 1: "b"}
+    out = handler.handle(rows, ctx)
+    assert [r["results"][0]["prompt"] for r in out] == ["a dog", "a cat"]
