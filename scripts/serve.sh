@@ -130,9 +130,12 @@ done
 echo "[serve] worker READY after $(($(date +%s) - started))s"
 
 # 5. one request with the bundled sample scene -> out/
-.venv/bin/python scripts/client.py scripts/assets/sample_scene.jpg \
+if ! .venv/bin/python scripts/client.py scripts/assets/sample_scene.jpg \
     -p "a green circle" -p "a purple cross" -p "a orange square" \
-    --url "$INFERENCE" --key-file "$STATE/key_file.json" --out out
+    --url "$INFERENCE" --key-file "$STATE/key_file.json" --out out; then
+    echo "[serve] the sample request failed; TorchServe is still running (logs: $STATE/logs; stop: scripts/serve.sh stop)" >&2
+    exit 1
+fi
 
 cat <<EOF
 
