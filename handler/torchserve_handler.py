@@ -77,6 +77,8 @@ class GScoreCAMHandler(BaseHandler):
             kwargs["pretrained"] = None
         elif self.settings.pretrained:
             kwargs["pretrained"] = self.settings.pretrained
+        elif arch:
+            raise ValueError(f"handler.arch={arch!r} without weights: pack a checkpoint or set handler.pretrained")
         started = time.perf_counter()
         self.clip = load_model(**kwargs)
         self.model = self.clip.clip
@@ -112,7 +114,8 @@ class GScoreCAMHandler(BaseHandler):
         out = self.postprocess(self.inference(self.preprocess(data)))
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
-            metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+            dims = [Dimension("ModelName", context.model_name), Dimension("Level", "Model")]
+            metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms", dims)
         return out
 
     def preprocess(self, data: list[Any]) -> list[dict[str, Any]]:

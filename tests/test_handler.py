@@ -307,3 +307,12 @@ def test_explain_and_describe_headers_do_not_hijack_the_batch(handler, model_dir
     ctx.request_ids = {0: "a", 1: "b"}
     out = handler.handle(rows, ctx)
     assert [r["results"][0]["prompt"] for r in out] == ["a dog", "a cat"]
+
+
+def test_arch_without_weights_is_refused(model_dir):
+    from handler.torchserve_handler import GScoreCAMHandler
+
+    ctx = make_context(model_dir)
+    ctx.manifest = {"model": {"modelName": "gscorecam"}}  # no serialized file
+    with pytest.raises(ValueError, match="without weights"):
+        GScoreCAMHandler().initialize(ctx)
