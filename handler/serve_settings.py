@@ -44,6 +44,8 @@ class ServeSettings:
     precision: str = "fp32"
     # torch intra-op threads per worker; 0 = leave torch's default (TorchServe workers share the CPU cores).
     torch_threads: int = 0
+    # Run one small explanation in initialize, so that the worker is warm when TorchServe reports it READY.
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,6 +82,10 @@ class ServeSettings:
                 kwargs[key] = None if key == "topk" else fields[key].default
             elif key in ("arch", "checkpoint", "pretrained", "method", "heatmap", "precision"):
                 kwargs[key] = str(value)
+            elif key == "warmup":
+                if not isinstance(value, bool):
+                    raise ValueError(f"handler.warmup must be true or false, got {value!r}")
+                kwargs[key] = value
             else:
                 kwargs[key] = int(value)
         return cls(**kwargs)

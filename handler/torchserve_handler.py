@@ -92,11 +92,16 @@ class GScoreCAMHandler(BaseHandler):
             ),
         )
         merge_repeated_fields()
+        load_ms = (time.perf_counter() - started) * 1000
+        if self.settings.warmup:
+            self._warmup()
         logger.info(
-            "gScoreCAM handler ready: model=%s device=%s settings=%s (%.0f ms); handler package from %s",
+            "gScoreCAM handler ready: model=%s device=%s settings=%s (load %.0f ms, total %.0f ms); "
+            "handler package from %s",
             self.clip.name,
             self.device,
             self.settings.to_dict(),
+            load_ms,
             (time.perf_counter() - started) * 1000,
             os.path.dirname(os.path.abspath(sys.modules["handler"].__file__)),
         )
@@ -191,6 +196,16 @@ class GScoreCAMHandler(BaseHandler):
         return out
 
     # ------------------------------------------------------------------ helpers
+    def _warmup(self) -> None:
+        """One small explanation (k=2), so the first client request does not pay one-time setup costs."""
+        from PIL import Image
+
+        image = Image.new("RGB", (64, 64), (127, 127, 127))
+        try:
+            self.explainer.explain(image, ["warm-up"], topk=2)
+        except Exception:  # warming up is an optimisation: never fail the model load on it
+            logger.warning("warm-up explanation failed", exc_info=True)
+
     def _explain(self, items: list[dict[str, Any]], indices: list[int]) -> None:
         results = self.explainer.explain_requests([items[i]["request"] for i in indices])
         for i, res in zip(indices, results, strict=True):

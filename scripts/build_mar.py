@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-prompts", type=int, default=ServeSettings().max_prompts, help="400 above this many prompts")
     ap.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="precision on GPU workers")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up explanation when a worker starts")
     ap.add_argument("--archive-format", choices=("default", "zip-store", "no-archive", "tgz"), default="default",
                     help="torch-model-archiver format; zip-store skips compression (faster for big weights)")
     args = ap.parse_args(argv)
@@ -152,6 +153,7 @@ def build(args: argparse.Namespace) -> Path:
             max_prompts=args.max_prompts,
             precision=args.precision,
             torch_threads=args.torch_threads,
+            warmup=not args.no_warmup,
         )
         ServeSettings.from_dict(settings)  # validate before packing
         config = tmp / "model-config.yaml"
