@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
 MODEL = "gscorecam"
 MAX_PIXELS = 1_000_000
 SAMPLE = ROOT / "scripts" / "assets" / "sample_scene.jpg"
+DEMO = "demo"
+DEMO_READY = (ROOT / "model_store" / "demo" / "demo_clip.safetensors").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +41,17 @@ def server(tmp_path_factory):
         "--max-pixels", str(MAX_PIXELS), "--torch-threads", "1", "--archive-format", "zip-store",
         name=MODEL,
     )
-    ts = TorchServeProcess(store, models=f"{MODEL}={MODEL}.mar", tmp_root=base)
+    models = f"{MODEL}={MODEL}.mar"
+    if DEMO_READY:  # the default archive (scripts/build_mar.py without arguments): the embedded demo model
+        build_mar(store, "--archive-format", "zip-store", name=DEMO)
+        models += f",{DEMO}={DEMO}.mar"
+    ts = TorchServeProcess(store, models=models, tmp_root=base)
     try:
         started = time.monotonic()
         ts.start()
         ts.wait_ready(MODEL)
+        if DEMO_READY:
+            ts.wait_ready(DEMO)
         print(f"\n[server] start to READY: {time.monotonic() - started:.1f}s", file=sys.stderr)
         yield ts
     finally:
@@ -346,3 +354,23 @@ def test_token_rotation(server):
                       headers={"Authorization": f"Bearer {old}"}, timeout=60)
     assert r.status_code in (400, 401, 403)
     assert predict_json(server, {"image": image, "prompt": "a dog"}).status_code == 200
+
+
+@pytest.mark.skipif(not DEMO_READY, reason="the demo model (model_store/demo/) is not trained yet")
+def test_default_demo_archive_explains_the_sample_scene(server):
+    """The archive scripts/build_mar.py builds without arguments serves the embedded demo model with its own k."""
+    scene = json.loads(SAMPLE.with_suffix(".json").read_text())
+    prompts = ["a green circle", "a purple cross"]
+    r = requests.post(f"{server.inference_url}/predictions/{DEMO}", headers=server.auth(), timeout=120,
+                      json={"image": base64.b64encode(SAMPLE.read_bytes()).decode(), "prompts": prompts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "demo_clip" and body["method"] == "gscorecam"
+    assert body["topk"] == json.loads((ROOT / "model_store" / "demo" / "demo_clip.json").read_text())["gscorecam"]["topk"]
+    assert body["image_size"] == scene["size"]
+    truth = {o["prompt"]: o["box"] for o in scene["objects"]}
+    for res in body["results"]:  # the object's centre lies in the box the demo model points at
+        x0, y0, x1, y1 = truth[res["prompt"]]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        bx0, by0, bx1, by1 = res["box"]
+        assert bx0 <= cx < bx1 and by0 <= cy < by1, (res["prompt"], res["box"], truth[res["prompt"]])
