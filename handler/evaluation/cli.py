@@ -17,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shlex
@@ -35,6 +36,25 @@ def _methods(text: str) -> list[str]:
     if bad:
         raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     return out
+
+
+def weights_digest(arch: str | None, pretrained: str | None, checkpoint: str | None) -> str | None:
+    """sha256 (12 hex digits) of the weights file the run uses (the demo model's when nothing is given), so a
+    resumed cache never mixes results of different weights and reports name the exact model."""
+    path = None
+    if checkpoint:
+        path = Path(checkpoint)
+    elif arch is None and pretrained is None:
+        from handler.loading import DEMO_WEIGHTS
+
+        path = DEMO_WEIGHTS
+    if path is None or not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = method_specs(args.methods, args.topk)
     rise_kwargs = {"n_masks": args.rise_masks, "grid": args.rise_grid, "p": args.rise_p,
                    "batch_size": args.rise_batch, "seed": args.seed}
-    run_info = {"model": model.name, "arch": args.arch, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
+    digest = weights_digest(args.arch, args.pretrained, args.checkpoint)
+    run_info = {"model": model.name, "weights_sha256": digest, "arch": args.arch, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
                 "precision": args.precision, "dataset": args.dataset,
                 "annotations": str(Path(args.annotations).resolve()), "template": args.template,
                 "categories": args.categories}
@@ -104,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_info=run_info, explainer=explainer)
     t0 = time.perf_counter()
     results = runner.run(samples)
-    meta = {"model": model.name, "dataset": args.dataset, "images": len(samples),
+    meta = {"model": model.name, "weights_sha256": digest, "dataset": args.dataset, "images": len(samples),
             "explanations": sum(len(s.targets) for s in samples), "device": args.device,
             "rise_masks": args.rise_masks if "rise" in args.methods else None,
             "wall_s": round(time.perf_counter() - t0, 1),

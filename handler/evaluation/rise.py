@@ -166,8 +166,17 @@ class RISE:
             return []
         x = self.model.preprocess(pil)
         score_fn = self.scorer(prompts)
-        base = score_fn(x)[0].float().cpu().numpy()
-        sal = rise_saliency(x, score_fn, self.n_masks, self.grid, self.p, self.batch_size, self.seed)
+        unmasked: list[torch.Tensor] = []
+
+        def with_base(batch: torch.Tensor) -> torch.Tensor:
+            if unmasked:
+                return score_fn(batch)
+            scores = score_fn(torch.cat([x, batch]))  # the unmasked image rides along with the first batch
+            unmasked.append(scores[0])
+            return scores[1:]
+
+        sal = rise_saliency(x, with_base, self.n_masks, self.grid, self.p, self.batch_size, self.seed)
+        base = unmasked[0].float().cpu().numpy().reshape(-1)
         cam = _minmax(sal)
         w, h = pil.size
         heat = _minmax(F.interpolate(cam[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0])
