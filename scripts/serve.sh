@@ -87,10 +87,11 @@ esac
 scripts/setup_env.sh
 command -v java >/dev/null || { echo "[serve] Java 17 is required by TorchServe (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 
-# 2. the demo archive, rebuilt when the handler package changed since it was built
+# 2. the demo archive, rebuilt when the handler package or the demo model changed since it was built
 mkdir -p "$STORE"
 MAR="$STORE/$MODEL.mar"
-if [ ! -f "$MAR" ] || [ -n "$(find handler -name '*.py' -newer "$MAR" -print -quit)" ]; then
+if [ ! -f "$MAR" ] || [ -n "$(find handler model_store/demo -type f \( -name '*.py' -o -name 'demo_clip.*' \) \
+        -newer "$MAR" -print -quit)" ]; then
     echo "[serve] building $MAR (the embedded demo model)"
     .venv/bin/python scripts/build_mar.py --export-path "$STORE"
 fi
