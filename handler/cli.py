@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--arch", help="open_clip model name or config JSON (default: the embedded demo model)")
     explain.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (needs a network)")
     explain.add_argument("--checkpoint", type=Path, help="local state dict (.pt/.bin/.safetensors)")
+    explain.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI weights in a --checkpoint)")
     explain.add_argument("--method", default="gscorecam", choices=sorted(METHODS))
     explain.add_argument("--topk", type=int, help="gScoreCAM's k (default: the model's own, else 300)")
     explain.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -50,7 +51,8 @@ def explain_command(args: argparse.Namespace) -> int:
     from handler.overlay import render_overlay
 
     image = decode_image(args.image.read_bytes())
-    model = load_model(args.arch, args.pretrained, args.checkpoint, device=args.device, precision=args.precision)
+    model = load_model(args.arch, args.pretrained, args.checkpoint, device=args.device, precision=args.precision,
+                       quick_gelu=True if args.quick_gelu else None)
     config = ExplainerConfig(method=args.method, topk=args.topk, batch_size=args.batch_size, progress=not args.quiet)
     results = Explainer.from_config(model, config).explain(image, args.prompt)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -214,6 +214,7 @@ def load_model(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     channels_last: bool | None = None,
+    quick_gelu: bool | None = None,
 ) -> ClipModel:
     """Load a CLIP for explanation.
 
@@ -227,6 +228,10 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         precision: ``"fp32"``, or ``"fp16"``/``"bf16"`` weights (for GPUs).
         channels_last: memory format of the vision tower; None picks channels_last for ResNet towers.
+        quick_gelu: build with QuickGELU activations, as OpenAI's weights need. None: what the pretrained tag
+            says (``pretrained="openai"`` turns it on), else the config's own. For OpenAI weights in a
+            ``checkpoint`` file pass True (or the ``-quickgelu`` arch name): plain GELU loads without error
+            but gives wrong embeddings.
 
     Raises:
         InputError: unknown arch, unreadable config, or a checkpoint that does not match the arch.
@@ -252,12 +257,19 @@ def load_model(
         raise InputError(f"unknown arch {name!r}: not an open_clip model name nor a config JSON path")
     if pretrained is not None and checkpoint is not None:
         raise InputError("give either pretrained or checkpoint, not both")
+    if pretrained is not None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tags and pretrained not in tags:
+            raise InputError(f"unknown pretrained tag {pretrained!r} for {name}; open_clip has {', '.join(tags)}")
+        if quick_gelu is None:
+            quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
     try:
         clip = open_clip.create_model(
             name,
             pretrained=pretrained,
             precision=precision,
             device=device,
+            force_quick_gelu=bool(quick_gelu),
             force_preprocess_cfg=preprocess_cfg,
         )
     except RuntimeError as exc:

@@ -284,6 +284,23 @@ def test_unknown_arch_and_mismatched_checkpoint(tmp_path, config_dir, tiny_rn):
         load_model(config_dir / "tiny_rn.json", checkpoint=tmp_path / "junk.bin")
 
 
+def test_openai_tags_get_quickgelu_and_bad_tags_are_named(monkeypatch):
+    import open_clip
+
+    built = {}
+
+    def fake_create_model(name, **kwargs):  # records what load_model asks open_clip for, downloads nothing
+        built.update(kwargs, name=name)
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    with pytest.raises(RuntimeError, match="Without a network.*checkpoint=FILE"):
+        load_model("RN50", pretrained="openai")
+    assert built["name"] == "RN50" and built["force_quick_gelu"] is True and built["pretrained"] == "openai"
+    with pytest.raises(InputError, match="unknown pretrained tag 'nope' for RN50; open_clip has .*openai"):
+        load_model("RN50", pretrained="nope")
+
+
 def test_checkpoints_round_trip_in_both_formats(tmp_path, config_dir, tiny_rn, photo):
     from safetensors.torch import save_file
 
