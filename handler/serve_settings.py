@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-METHODS = ("gscorecam", "scorecam", "gradcam", "gradcampp", "layercam")
+from handler.cams import METHODS
+
 HEATMAP_FORMATS = ("png", "none")
 
 
@@ -49,7 +50,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"handler.method must be one of {METHODS}, got {self.method!r}")
+            raise ValueError(f"handler.method must be one of {tuple(METHODS)}, got {self.method!r}")
         if self.heatmap not in HEATMAP_FORMATS:
             raise ValueError(f"handler.heatmap must be one of {HEATMAP_FORMATS}, got {self.heatmap!r}")
         if self.topk is not None and self.topk < 1:
