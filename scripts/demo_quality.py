@@ -302,6 +302,8 @@ def main(argv=None) -> int:
     p.add_argument("--loc-n", type=int, default=200)
     p.add_argument("--scorecam-n", type=int, default=40, help="ScoreCAM (512 masked passes per image) on the first n")
     p.add_argument("--no-init", action="store_true", help="skip the model at initialization")
+    p.add_argument("--only-init", action="store_true", help="only the model at initialization")
+    p.add_argument("--merge", default=None, help="a JSON written by an earlier run whose models are added (not re-run)")
     p.add_argument("--json", default=None, help="write the numbers here")
     p.add_argument("--card", default=None,
                    help="a model card whose block between the quality markers is replaced by the new tables")
@@ -310,7 +312,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    models = {"trained": lambda: load_trained(a.weights)}
+    models = {} if a.only_init else {"trained": lambda: load_trained(a.weights)}
     if not a.no_init:
         models["init"] = lambda: load_init_model(a.weights)
     results = {"meta": {"retrieval_seed": RETRIEVAL_SEED, "localization_seed": LOC_SEED, "single_seed": SINGLE_SEED,
@@ -326,6 +328,13 @@ def main(argv=None) -> int:
         if name == "trained" and a.figures:
             print("figures:", figures(model, a.figures), flush=True)
     results["meta"]["seconds"] = round(time.time() - t0)
+    if a.merge:
+        with open(a.merge) as f:
+            earlier = json.load(f)
+        for name, res in earlier.items():
+            if name != "meta" and name not in results:
+                results[name] = res
+                results["meta"][f"{name}_from"] = earlier.get("meta", {}).get("command", a.merge)
     print(table(results))
     if a.card:
         update_card(a.card, table(results))
