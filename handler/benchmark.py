@@ -128,7 +128,7 @@ def floor_ms(model: ClipModel, image: Image.Image, count: int, batch_size: int, 
     return best_ms(encode_all, repeats, model.device)
 
 
-class _ClipAsClassifier(torch.nn.Module):
+class ClipAsClassifier(torch.nn.Module):
     """CLIP wrapped as a classifier over cached prompt embeddings: how pytorch-grad-cam sees a model."""
 
     def __init__(self, clip: torch.nn.Module, text: torch.Tensor) -> None:
@@ -148,7 +148,7 @@ def peer_runs(model: ClipModel, image: Image.Image, prompt: str, batch_size: int
 
     text = Explainer(model).text_embeddings([prompt]).clone()
     clip = copy.deepcopy(model.clip).requires_grad_(True)
-    wrapper = _ClipAsClassifier(clip, text).eval()
+    wrapper = ClipAsClassifier(clip, text).eval()
     if model.kind == "resnet":
         target, reshape = clip.visual.layer4[-1], None
     else:

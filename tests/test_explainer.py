@@ -12,20 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from handler import Explainer, ExplainerConfig, InputError, load_model
+from handler.benchmark import ClipAsClassifier
 from handler.cams import minmax
-
-
-class ClipAsClassifier(torch.nn.Module):
-    """CLIP wrapped as a classifier over fixed prompts, the way pytorch-grad-cam expects a model."""
-
-    def __init__(self, clip, text_embeddings):
-        super().__init__()
-        self.clip = clip
-        self.register_buffer("text", text_embeddings)
-
-    def forward(self, x):
-        image = F.normalize(self.clip.encode_image(x), dim=-1)
-        return self.clip.logit_scale.exp() * image @ self.text.T
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
