@@ -154,6 +154,11 @@ class ClipModel:
         return self.clip.logit_scale.exp()
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
 def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
@@ -263,6 +268,10 @@ def load_model(
             raise InputError(f"unknown pretrained tag {pretrained!r} for {name}; open_clip has {', '.join(tags)}")
         if quick_gelu is None:
             quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    # open_clip warns "Model initialized randomly" when no tag is given: wrong when our checkpoint follows.
+    quiet = _DropRandomInitWarning() if checkpoint is not None else None
+    if quiet is not None:
+        logging.getLogger().addFilter(quiet)
     try:
         clip = open_clip.create_model(
             name,
@@ -279,6 +288,9 @@ def load_model(
                 "weights elsewhere and pass checkpoint=FILE"
             ) from exc
         raise
+    finally:
+        if quiet is not None:
+            logging.getLogger().removeFilter(quiet)
     if checkpoint is not None:
         _load_checkpoint(clip, Path(checkpoint))
     tokenizer = open_clip.get_tokenizer(name)

@@ -289,6 +289,18 @@ def test_openai_tags_get_quickgelu_and_bad_tags_are_named(monkeypatch):
         load_model("RN50", pretrained="nope")
 
 
+def test_checkpoint_loads_do_not_claim_random_weights(tmp_path, config_dir, tiny_rn, caplog):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tiny_rn.clip.state_dict().items()}, tmp_path / "w.safetensors")
+    with caplog.at_level("WARNING"):
+        load_model(config_dir / "tiny_rn.json", checkpoint=tmp_path / "w.safetensors")
+    assert "initialized randomly" not in caplog.text
+    with caplog.at_level("WARNING"):
+        load_model(config_dir / "tiny_rn.json")  # truly random: open_clip's warning stays
+    assert "initialized randomly" in caplog.text
+
+
 def test_checkpoints_round_trip_in_both_formats(tmp_path, config_dir, tiny_rn, photo):
     from safetensors.torch import save_file
 
