@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
 from PIL import Image
 from torch import nn
 
@@ -100,11 +102,11 @@ class ClipModel:
         cfg = getattr(visual, "preprocess_cfg", {}) or {}
         self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(1, 3, 1, 1)
-        if hasattr(visual, "layer4") and hasattr(visual, "attnpool"):  # open_clip ModifiedResNet
+        if isinstance(visual, ModifiedResNet):
             self.kind = "resnet"
             self.target_layer: nn.Module = visual.layer4[-1]
             self.cam_grid = (self.image_size // 32, self.image_size // 32)
-        elif hasattr(visual, "transformer") and hasattr(visual, "grid_size"):  # open_clip VisionTransformer
+        elif isinstance(visual, VisionTransformer):
             if len(visual.transformer.resblocks) < 2:
                 raise InputError("ViT towers need at least 2 residual blocks for the CAM layer")
             self.kind = "vit"

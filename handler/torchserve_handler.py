@@ -69,18 +69,11 @@ class GScoreCAMHandler(BaseHandler):
         self.map_location = self.device.type
         serialized = (self.manifest.get("model") or {}).get("serializedFile")
         arch, checkpoint = self.settings.resolve(model_dir, serialized)
-        kwargs: dict[str, Any] = {"device": str(self.device), "precision": precision}
-        if arch:
-            kwargs["arch"] = arch
-        if checkpoint:
-            kwargs["checkpoint"] = checkpoint
-            kwargs["pretrained"] = None
-        elif self.settings.pretrained:
-            kwargs["pretrained"] = self.settings.pretrained
-        elif arch:
+        pretrained = None if checkpoint else (self.settings.pretrained or None)
+        if arch and not checkpoint and not pretrained:
             raise ValueError(f"handler.arch={arch!r} without weights: pack a checkpoint or set handler.pretrained")
         started = time.perf_counter()
-        self.clip = load_model(**kwargs)
+        self.clip = load_model(arch or None, pretrained, checkpoint or None, device=str(self.device), precision=precision)
         self.model = self.clip.clip
         self.explainer = Explainer.from_config(
             self.clip,
