@@ -43,11 +43,15 @@ class BenchResult:
     repeats: int
     ms: dict[str, float] = field(default_factory=dict)  # method -> ms per explanation (one prompt)
     passes: dict[str, int] = field(default_factory=dict)  # method -> masked passes
-    floor_ms: float = 0.0  # encoding the same k masked images in plain batches
+    floor_ms: float = 0.0  # encoding the same k masked images in plain batches, the model as loaded
     floor_all_ms: float = 0.0  # the same for all N channels (ScoreCAM's floor)
+    floor_folded_ms: float = 0.0  # the k images through our inference tower (BatchNorm folded; ResNets only)
+    floor_all_folded_ms: float = 0.0
     peer_ms: dict[str, float] = field(default_factory=dict)  # pytorch-grad-cam's methods
     peer_agreement: dict[str, float] = field(default_factory=dict)  # Pearson r of heatmaps, ours vs peer
     prompt_scaling_ms: dict[int, float] = field(default_factory=dict)  # prompts per image -> ms per call
+    k_sweep_ms: dict[int, float] = field(default_factory=dict)  # gScoreCAM's k -> ms per explanation (one prompt)
+    k_sweep_floor_ms: dict[int, float] = field(default_factory=dict)  # k -> floor (BN folded where it applies)
     peak_memory_mb: float = 0.0
 
     def ratios(self) -> dict[str, float]:
@@ -56,6 +60,10 @@ class BenchResult:
             out["gscorecam/floor"] = self.ms["gscorecam"] / self.floor_ms
         if self.floor_all_ms and "scorecam" in self.ms:
             out["scorecam/floor"] = self.ms["scorecam"] / self.floor_all_ms
+        if self.floor_folded_ms and "gscorecam" in self.ms:
+            out["gscorecam/floor, BN folded"] = self.ms["gscorecam"] / self.floor_folded_ms
+        if self.floor_all_folded_ms and "scorecam" in self.ms:
+            out["scorecam/floor, BN folded"] = self.ms["scorecam"] / self.floor_all_folded_ms
         for method, peer in (("scorecam", "ScoreCAM"), ("gradcam", "GradCAM")):
             if method in self.ms and peer in self.peer_ms:
                 out[f"{method}/pytorch-grad-cam"] = self.ms[method] / self.peer_ms[peer]
@@ -82,13 +90,48 @@ class BenchResult:
         rows.append(f"| floor: k={self.topk} masked images, plain batches | {self.floor_ms:.1f} | {self.topk} |")
         if self.floor_all_ms:
             rows.append(f"| floor: all N={self.channels} masked images | {self.floor_all_ms:.1f} | {self.channels} |")
+        if self.floor_folded_ms:
+            rows.append(f"| floor, BN folded: k={self.topk} masked images | {self.floor_folded_ms:.1f} | {self.topk} |")
+        if self.floor_all_folded_ms:
+            rows.append(f"| floor, BN folded: all N={self.channels} masked images | {self.floor_all_folded_ms:.1f} "
+                        f"| {self.channels} |")
         rows += [f"| pytorch-grad-cam: {m} | {ms:.1f} | |" for m, ms in self.peer_ms.items()]
         rows += [f"| ours: gscorecam, {n} prompts, one image | {ms:.1f} | |" for n, ms in self.prompt_scaling_ms.items()]
+        rows += [f"| ours: gscorecam, k={k} (floor {self.k_sweep_floor_ms.get(k, 0.0):.1f}) | {ms:.1f} | |"
+                 for k, ms in self.k_sweep_ms.items()]
         rows += ["", "| ratio | value |", "|---|---:|"]
         rows += [f"| {name} | {value:.3f} |" for name, value in self.ratios().items()]
         rows += [f"| heatmap agreement r, {m} vs pytorch-grad-cam | {r:.4f} |" for m, r in self.peer_agreement.items()]
         rows.append(f"\npeak memory: {self.peak_memory_mb:.0f} MB")
         return "\n".join(rows)
+
+
+def plot(result: BenchResult, path) -> None:
+    """Time vs k (ours and the floor) and time vs prompts per image, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_k, by_prompts) = plt.subplots(1, 2, figsize=(10, 4))
+    ks = sorted(result.k_sweep_ms)
+    if ks:
+        by_k.plot(ks, [result.k_sweep_ms[k] for k in ks], "o-", label="ours: gscorecam")
+        by_k.plot(ks, [result.k_sweep_floor_ms[k] for k in ks], "s--", label="floor: k masked images")
+        by_k.legend()
+    by_k.set(xlabel="k (masked channels)", ylabel="ms per explanation", title=f"{result.model} on {result.device}")
+    counts = sorted(result.prompt_scaling_ms)
+    if counts:
+        by_prompts.plot(counts, [result.prompt_scaling_ms[n] for n in counts], "o-", label="ours: gscorecam")
+        one = result.prompt_scaling_ms.get(1)
+        if one:
+            by_prompts.plot(counts, [one * n for n in counts], ":", color="grey", label="one call per prompt")
+        by_prompts.legend()
+    by_prompts.set(xlabel="prompts per image (one call)", ylabel="ms per call", title=f"k={result.topk}",
+                   xscale="log", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _sync(device: torch.device) -> None:
@@ -110,8 +153,12 @@ def best_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> flo
     return min(times)
 
 
-def floor_ms(model: ClipModel, image: Image.Image, count: int, batch_size: int, repeats: int, amp: str | None) -> float:
-    """Time to encode ``count`` pre-built masked images in plain batches: the cost no masked method avoids."""
+def floor_ms(model: ClipModel, image: Image.Image, count: int, batch_size: int, repeats: int, amp: str | None,
+             tower: torch.nn.Module | None = None) -> float:
+    """Time to encode ``count`` pre-built masked images in plain batches: the cost no masked method avoids.
+
+    ``tower``: the vision tower to time (default: the model's own, as loaded)."""
+    tower = tower if tower is not None else model.clip.visual
     x = model.preprocess(image)
     batches = []
     for start in range(0, count, batch_size):
@@ -123,7 +170,7 @@ def floor_ms(model: ClipModel, image: Image.Image, count: int, batch_size: int, 
     def encode_all():
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
             for batch in batches:
-                F.normalize(model.clip.encode_image(batch).float(), dim=-1)
+                F.normalize(tower(batch).float(), dim=-1)
 
     return best_ms(encode_all, repeats, model.device)
 
@@ -200,6 +247,7 @@ def run_benchmark(
     prompt_counts: tuple[int, ...] = (1, 4, 16),
     amp: str | None = None,
     progress: Callable[[str], None] = logger.info,
+    k_sweep: tuple[int, ...] = (),
 ) -> BenchResult:
     """Measure ours, the floor, the peer and prompt scaling on one model and image."""
     config = ExplainerConfig(topk=topk, batch_size=batch_size, amp=amp)
@@ -224,10 +272,20 @@ def run_benchmark(
     result.floor_ms = floor_ms(model, image, probe.topk, batch_size, repeats, amp)
     if "scorecam" in methods:
         result.floor_all_ms = floor_ms(model, image, channels, batch_size, repeats, amp)
+    if model.inference_tower() is not model.clip.visual:
+        folded = model.inference_tower()
+        result.floor_folded_ms = floor_ms(model, image, probe.topk, batch_size, repeats, amp, folded)
+        if "scorecam" in methods:
+            result.floor_all_folded_ms = floor_ms(model, image, channels, batch_size, repeats, amp, folded)
     for count in prompt_counts:
         progress(f"ours: gscorecam, {count} prompts")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
         result.prompt_scaling_ms[count] = best_ms(lambda p=prompts: explainer.explain(image, p), repeats, model.device)
+    fastest = model.inference_tower() if config.fold_batchnorm else None
+    for k in k_sweep:
+        progress(f"ours: gscorecam, k={k}")
+        result.k_sweep_ms[k] = best_ms(lambda k=k: explainer.explain(image, prompt, topk=k), repeats, model.device)
+        result.k_sweep_floor_ms[k] = floor_ms(model, image, min(k, channels), batch_size, repeats, amp, fastest)
     if peer:
         progress(f"pytorch-grad-cam: {', '.join(peer)}")
         result.peer_ms, result.peer_agreement = peer_runs(model, image, prompt, batch_size, list(peer), repeats, cams)

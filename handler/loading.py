@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -69,6 +70,36 @@ class ModelSpec:
         open_clip.add_model_config(folder)
 
 
+def fold_batchnorm(tower: nn.Module) -> nn.Module:
+    """An inference copy of a ModifiedResNet tower with every BatchNorm folded into the convolution before it.
+
+    In eval mode BatchNorm is a per-channel affine map, so ``bn(conv(x)) == conv'(x)`` with rescaled weights and a
+    bias: the copy computes the same function (up to float rounding) with one pass less over every activation, about
+    a fifth of a small ResNet's CPU time. Pairs are ``convN``/``bnN`` children and ``Conv2d, BatchNorm2d``
+    neighbours in a Sequential (the downsample branch), which is every BatchNorm of open_clip's ModifiedResNet.
+    The folding is done in float32 and the copy is cast back to the tower's dtype.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    dtype = next(tower.parameters()).dtype
+    folded = copy.deepcopy(tower).float().eval()
+    for parent in list(folded.modules()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not isinstance(child, nn.BatchNorm2d):
+                continue
+            if isinstance(parent, nn.Sequential):
+                conv_name, conv = children[i - 1] if i > 0 else (None, None)
+            else:
+                conv_name = "conv" + name[2:] if name.startswith("bn") else None
+                conv = getattr(parent, conv_name, None) if conv_name else None
+            if not isinstance(conv, nn.Conv2d):
+                raise ValueError(f"no convolution before BatchNorm {name!r} in {type(parent).__name__}")
+            setattr(parent, conv_name, fuse_conv_bn_eval(conv, child))
+            setattr(parent, name, nn.Identity())
+    return folded.to(dtype).requires_grad_(False)
+
+
 class ClipModel:
     """An open_clip CLIP in eval mode with frozen weights, plus what explaining it needs.
 
@@ -118,6 +149,7 @@ class ClipModel:
         self.channels_last = (self.kind == "resnet") if channels_last is None else channels_last
         if self.channels_last:
             visual.to(memory_format=torch.channels_last)
+        self._inference_tower: nn.Module | None = None
 
     def __repr__(self) -> str:
         return f"ClipModel({self.name}, {self.kind}, {self.image_size}px, device={self.device})"
@@ -138,6 +170,17 @@ class ClipModel:
         x = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0  # normalize in fp32, then cast to the weights' dtype
         x = ((x - self.mean) / self.std).to(self.dtype)
         return x.contiguous(memory_format=self.memory_format)
+
+    def inference_tower(self) -> nn.Module:
+        """The vision tower for passes that need no hook and no gradient (the masked passes): for ResNets a copy
+        with BatchNorm folded into the convolutions (built once, on first use), else the tower itself.
+        ``inference_tower()(x)`` equals ``clip.encode_image(x)`` up to float rounding."""
+        if self._inference_tower is None:
+            if self.kind == "resnet":
+                self._inference_tower = fold_batchnorm(self.clip.visual).to(memory_format=self.memory_format)
+            else:
+                self._inference_tower = self.clip.visual
+        return self._inference_tower
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> ``(P, context_length)`` token tensor on the device; long prompts are truncated."""

@@ -15,7 +15,6 @@ This module defines exactly one class (TorchServe's loader requires it).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -124,7 +123,7 @@ class GScoreCAMHandler(BaseHandler):
             try:
                 parsed = parse_request(row, settings.max_prompts, settings.max_prompt_chars)
                 request = self.explainer.request(parsed.image, parsed.prompts, parsed.method, parsed.topk)
-                items.append({"request": request, "parsed": parsed, "digest": hashlib.sha1(parsed.image).digest()})
+                items.append({"request": request, "parsed": parsed})
             except RequestError as exc:
                 items.append({"status": exc.status, "error": str(exc)})
             except ImageTooLargeError as exc:
@@ -153,11 +152,6 @@ class GScoreCAMHandler(BaseHandler):
             logger.exception("batch of %d request(s) failed; retrying one by one", len(valid))
             for i in valid:
                 self._explain_isolated(items, i)
-        seen: set[bytes] = set()
-        for i in valid:  # masked passes run once per distinct image: count them once in the metric
-            if "results" in items[i]:
-                items[i]["passes_owned"] = items[i]["digest"] not in seen
-                seen.add(items[i]["digest"])
         return items
 
     def postprocess(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -182,7 +176,8 @@ class GScoreCAMHandler(BaseHandler):
                 "elapsed_ms": round(float(first.elapsed_ms), 2),
             }
             self._set_status(idx, 200)
-            self._emit_metrics(idx, int(first.forward_passes) if item.get("passes_owned") else 0, first.elapsed_ms)
+            # requests of one batch with the same image share its masked passes: the metric counts them once
+            self._emit_metrics(idx, int(first.forward_passes) if first.owns_passes else 0, first.elapsed_ms)
             out.append(body)
         logger.info("gScoreCAM batch of %d request(s): statuses %s", len(items),
                     [200 if "results" in item else int(item.get("status", 500)) for item in items])

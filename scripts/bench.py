@@ -38,6 +38,8 @@ def main() -> int:
     parser.add_argument("--image", type=Path, help="image to explain (default: the bundled sample scene)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--sweep-k", default="", help="comma-separated k values for the time-vs-k rows and plot")
+    parser.add_argument("--plot", type=Path, help="write a PNG of time vs k and vs prompts per image here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
     logging.getLogger("bench").setLevel(logging.INFO)
@@ -69,12 +71,19 @@ def main() -> int:
         prompt_counts=tuple(int(n) for n in args.prompts.split(",") if n),
         amp=args.amp,
         progress=logging.getLogger("bench").info,
+        k_sweep=tuple(int(k) for k in args.sweep_k.split(",") if k),
     )
     print(result.table())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.plot:
+        from handler.benchmark import plot
+
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -9,7 +9,9 @@ from handler.benchmark import run_benchmark
 def test_benchmark_ratios_are_sane(tiny_rn128, photo):
     result = run_benchmark(tiny_rn128, photo, topk=64, batch_size=32, repeats=3, prompt_counts=(1, 4))
     ratios = result.ratios()
-    assert result.passes == {"gscorecam": 64, "scorecam": 256, "gradcam": 0}
+    # randomly initialized: some CAM channels are constant and share one all-zero mask
+    assert 0 < result.passes["gscorecam"] <= 64 and 128 < result.passes["scorecam"] <= 256
+    assert result.passes["gradcam"] == 0 and result.floor_folded_ms > 0 and result.floor_all_folded_ms > 0
     # The masked passes are the whole cost: gScoreCAM within 2x of encoding its k masked images.
     assert ratios["gscorecam/floor"] < 2.5, result.table()  # tiny model: fixed costs weigh more than on RN50
     assert ratios["scorecam/floor"] < 2.0, result.table()
@@ -41,3 +43,13 @@ def test_table_lists_every_measurement():
                     floor_ms=100.0, peer_ms={"ScoreCAM": 500.0}, prompt_scaling_ms={1: 110.0, 16: 330.0})
     assert r.ratios() == {"gscorecam/floor": pytest.approx(1.1), "16 prompts/1 prompt": pytest.approx(3.0)}
     assert "| floor: k=64 masked images, plain batches | 100.0 | 64 |" in r.table()
+
+
+def test_k_sweep_rows_and_plot(tmp_path):
+    from handler.benchmark import BenchResult, plot
+
+    r = BenchResult("m", "cpu", 64, 256, 64, 32, 2, 3, prompt_scaling_ms={1: 200.0, 4: 400.0, 16: 900.0},
+                    k_sweep_ms={10: 50.0, 64: 210.0}, k_sweep_floor_ms={10: 40.0, 64: 190.0})
+    assert "| ours: gscorecam, k=10 (floor 40.0) | 50.0 | |" in r.table()
+    plot(r, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -75,6 +75,24 @@ def test_parity_with_pytorch_grad_cam(request, tower, method, photo):
     assert compared >= 2, "too few non-degenerate maps to compare"
 
 
+def constant_channels(model, image) -> int:
+    """How many CAM-layer channels of ``image`` are constant (their masks are all zero: one shared pass)."""
+    captured = {}
+    handle = model.target_layer.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        with torch.no_grad():
+            model.clip.encode_image(model.preprocess(image))
+    finally:
+        handle.remove()
+    flat = model.activation_maps(captured["a"])[0].flatten(1)
+    return int((flat.amax(1) == flat.amin(1)).sum())
+
+
+def distinct_masks(model, image, n: int) -> int:
+    constant = constant_channels(model, image)
+    return n - constant + min(constant, 1)
+
+
 def test_gscorecam_with_k_equal_to_n_is_scorecam(tiny_rn128, photo):
     n = 256  # width 8 ModifiedResNet: 8 * 8 * 4 channels
     full = Explainer(tiny_rn128, method="gscorecam", topk=n).explain(photo, ["a red disc"])[0]
@@ -82,7 +100,8 @@ def test_gscorecam_with_k_equal_to_n_is_scorecam(tiny_rn128, photo):
     score = Explainer(tiny_rn128, method="scorecam").explain(photo, ["a red disc"])[0]
     np.testing.assert_allclose(full.cam, score.cam, atol=1e-5)
     np.testing.assert_allclose(clamped.cam, score.cam, atol=1e-5)
-    assert full.forward_passes == score.forward_passes == n and score.topk == n and clamped.topk == n
+    assert full.forward_passes == score.forward_passes == distinct_masks(tiny_rn128, photo, n)
+    assert score.topk == n and clamped.topk == n
 
 
 def test_gscorecam_with_k1_is_the_top_gradient_channel(tiny_rn128, photo):
@@ -136,6 +155,37 @@ def test_gscorecam_matches_a_loop_reference(tiny_rn128, photo):
     np.testing.assert_allclose(result.cam, reference_gscorecam(tiny_rn128, photo, "a blue disc", 24), atol=1e-4)
 
 
+def test_constant_maps_share_one_all_zero_pass_and_change_nothing(tiny_rn128, photo):
+    """Randomly initialized ResNets have many all-zero CAM channels (ReLU): they cost one pass, not one each."""
+    n = 256
+    constant = constant_channels(tiny_rn128, photo)
+    assert constant > 1, "precondition: the tiny model has several constant channels on this image"
+    score = Explainer(tiny_rn128, method="scorecam", batch_size=32).explain(photo, "a blue disc")[0]
+    assert score.forward_passes == n - constant + 1 and score.topk == n
+    np.testing.assert_allclose(score.cam, reference_gscorecam(tiny_rn128, photo, "a blue disc", n), atol=1e-4)
+
+
+def test_folded_batchnorm_tower_matches_the_model(tiny_rn128, photo):
+    from handler.loading import fold_batchnorm
+
+    tower = tiny_rn128.inference_tower()
+    assert tower is tiny_rn128.inference_tower()  # built once
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_rn128.clip.visual.modules())  # the model is untouched
+    x = torch.randn(3, 3, 128, 128).contiguous(memory_format=tiny_rn128.memory_format)
+    with torch.no_grad():
+        np.testing.assert_allclose(tower(x).numpy(), tiny_rn128.clip.encode_image(x).numpy(), rtol=1e-4, atol=1e-5)
+    folded = Explainer(tiny_rn128, method="gscorecam", topk=40).explain(photo, "a red disc")[0]
+    plain = Explainer(tiny_rn128, config=ExplainerConfig(topk=40, fold_batchnorm=False)).explain(photo, "a red disc")[0]
+    np.testing.assert_allclose(folded.cam, plain.cam, atol=1e-4)
+    with pytest.raises(ValueError, match="no convolution before BatchNorm"):
+        fold_batchnorm(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(3)))
+
+
+def test_vit_masked_passes_use_the_tower_itself(tiny_vit):
+    assert tiny_vit.inference_tower() is tiny_vit.clip.visual
+
+
 def test_several_prompts_share_passes_and_match_one_at_a_time(tiny_rn128, photo):
     prompts = ["a red disc", "a blue disc", "a green field", "a red disc"]
     explainer = Explainer(tiny_rn128, method="gscorecam", topk=40, batch_size=16)
@@ -153,7 +203,7 @@ def test_several_prompts_share_passes_and_match_one_at_a_time(tiny_rn128, photo)
 
 def test_scorecam_for_several_prompts_costs_one_prompts_passes(tiny_rn, photo):
     results = Explainer(tiny_rn, method="scorecam").explain(photo, ["a", "b", "c"])
-    assert [r.forward_passes for r in results] == [256, 256, 256]
+    assert [r.forward_passes for r in results] == [distinct_masks(tiny_rn, photo, 256)] * 3
 
 
 def test_requests_with_different_images_share_batches_and_match(tiny_rn, photo):
@@ -174,6 +224,8 @@ def test_requests_with_different_images_share_batches_and_match(tiny_rn, photo):
         np.testing.assert_allclose(got[0].cam, want[0].cam, atol=1e-4)
         assert got[0].method == want[0].method and got[0].topk == want[0].topk
     assert batched[1][0].forward_passes == 0 and batched[1][0].topk == 0
+    # the third request's image is the first's: its passes are counted on the first request only
+    assert [r[0].owns_passes for r in batched] == [True, True, False]
 
 
 def test_result_fields(tiny_vit, photo):
