@@ -254,7 +254,7 @@ def run_benchmark(
     explainer = Explainer.from_config(model, config)
     prompt = PROMPTS[0]
     probe = explainer.explain(image, prompt, method="gscorecam")[0]
-    channels = int(model.activation_maps(_capture(model, image)).shape[1])
+    channels = int(model.activation_maps(capture_cam_layer(model, image)).shape[1])
     result = BenchResult(model.name, str(model.device), model.image_size, channels, probe.topk, batch_size,
                          torch.get_num_threads(), repeats)
     cams = {}
@@ -293,7 +293,8 @@ def run_benchmark(
     return result
 
 
-def _capture(model: ClipModel, image: Image.Image) -> torch.Tensor:
+def capture_cam_layer(model: ClipModel, image: Image.Image) -> torch.Tensor:
+    """The CAM layer's raw output for ``image`` (one inference pass)."""
     captured = {}
     hook = model.target_layer.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
     try:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from handler import Explainer, ExplainerConfig, InputError, load_model
-from handler.benchmark import ClipAsClassifier
+from handler.benchmark import ClipAsClassifier, capture_cam_layer
 from handler.cams import minmax
 
 
@@ -77,14 +77,7 @@ def test_parity_with_pytorch_grad_cam(request, tower, method, photo):
 
 def constant_channels(model, image) -> int:
     """How many CAM-layer channels of ``image`` are constant (their masks are all zero: one shared pass)."""
-    captured = {}
-    handle = model.target_layer.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
-    try:
-        with torch.no_grad():
-            model.clip.encode_image(model.preprocess(image))
-    finally:
-        handle.remove()
-    flat = model.activation_maps(captured["a"])[0].flatten(1)
+    flat = model.activation_maps(capture_cam_layer(model, image))[0].flatten(1)
     return int((flat.amax(1) == flat.amin(1)).sum())
 
 
