@@ -287,9 +287,9 @@ def eval_retrieval(model, seed: int, n: int, batch: int = 100) -> dict:
 
 def render_probe(seed: int, n: int) -> tuple[torch.Tensor, np.ndarray]:
     """n one-object scenes (seed), preprocessed once: the probe of --probe-every."""
-    imgs = np.stack([np.asarray(S.make_scene(seed, i, n_objects=1).image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
-                     for i in range(n)])
-    pairs = np.array([S.make_scene(seed, i, n_objects=1).objects[0].index for i in range(n)])
+    scenes = S.make_scenes(n, seed, n_objects=1)
+    imgs = np.stack([np.asarray(sc.image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)) for sc in scenes])
+    pairs = np.array([sc.objects[0].index for sc in scenes])
     return to_tensor(imgs).contiguous(memory_format=torch.channels_last), pairs
 
 

@@ -156,36 +156,34 @@ def test_gscorecam_lands_on_the_named_object(localization_run):
     assert check_passes(m)
 
 
+def assert_control_fails(name: str, localization_run, maps, boxes=None) -> dict:
+    """A negative control: ``maps`` (boxes: their Otsu boxes unless given) must fail the check and point far worse
+    than the real maps."""
+    items, heatmaps, real_boxes, _, _ = localization_run
+    real = localization_metrics(items, heatmaps, real_boxes)
+    m = localization_metrics(items, maps, boxes if boxes is not None else [otsu_box(h) for h in maps])
+    print(f"control {name}:", m)
+    assert not check_passes(m), m
+    assert m["pointing"] <= real["pointing"] - 0.3, (m, real)
+    return m
+
+
 def test_check_fails_for_shuffled_heatmaps(localization_run):
-    items, heatmaps, _, _, _ = localization_run
-    real = localization_metrics(items, heatmaps, localization_run[2])
+    items, heatmaps = localization_run[0], localization_run[1]
     n = len(items)
     shuffled = []
     for i, (sc, _) in enumerate(items):  # the map of another scene, resized to this image
         shuffled.append(np.asarray(Image.fromarray(heatmaps[(i + 7) % n]).resize(sc.size, Image.BILINEAR)))
-    m = localization_metrics(items, shuffled, [otsu_box(h) for h in shuffled])
-    print("control shuffled:", m)
-    assert not check_passes(m), m
-    assert m["pointing"] <= real["pointing"] - 0.3, (m, real)
+    assert_control_fails("shuffled", localization_run, shuffled)
 
 
 def test_check_fails_for_flipped_heatmaps(localization_run):
-    items, heatmaps, _, _, _ = localization_run
-    real = localization_metrics(items, heatmaps, localization_run[2])
     for flip in (lambda h: h[:, ::-1], lambda h: h[::-1, :]):
-        flipped = [np.ascontiguousarray(flip(h)) for h in heatmaps]
-        m = localization_metrics(items, flipped, [otsu_box(h) for h in flipped])
-        print("control flipped:", m)
-        assert not check_passes(m), m
-        assert m["pointing"] <= real["pointing"] - 0.3, (m, real)
+        assert_control_fails("flipped", localization_run, [np.ascontiguousarray(flip(h)) for h in localization_run[1]])
 
 
 def test_check_fails_for_the_wrong_prompt(localization_run):
     """Maps computed for another object of the same scene do not land on the named object."""
-    items, heatmaps, boxes, other_maps, other_boxes = localization_run
-    real = localization_metrics(items, heatmaps, boxes)
-    m = localization_metrics(items, other_maps, other_boxes)
-    print("control other prompt:", m)
-    assert not check_passes(m), m
-    assert m["pointing"] <= real["pointing"] - 0.3, (m, real)
+    _, _, _, other_maps, other_boxes = localization_run
+    m = assert_control_fails("other prompt", localization_run, other_maps, other_boxes)
     assert m["wrong_box"] >= 0.05  # ... they land on the other object instead (measured 0.10)
