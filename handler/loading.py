@@ -174,7 +174,8 @@ class ClipModel:
     def inference_tower(self) -> nn.Module:
         """The vision tower for passes that need no hook and no gradient (the masked passes): for ResNets a copy
         with BatchNorm folded into the convolutions (built once, on first use), else the tower itself.
-        ``inference_tower()(x)`` equals ``clip.encode_image(x)`` up to float rounding."""
+        ``inference_tower()(x)`` equals ``clip.encode_image(x)`` up to float rounding. It is a copy: weights changed
+        in place after its first use do not reach it (ClipModel treats the weights as frozen)."""
         if self._inference_tower is None:
             if self.kind == "resnet":
                 self._inference_tower = fold_batchnorm(self.clip.visual).to(memory_format=self.memory_format)
