@@ -112,6 +112,12 @@ class _ImageJob:
     masked_embeddings: torch.Tensor | None = None  # (M, D) normalized
 
 
+def heatmap_from_cam(cam: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(h, w)`` CAM in [0, 1] -> ``(height, width)`` heatmap: bilinear upsampling with half-pixel centres (like
+    pytorch-grad-cam's cv2.resize), clamped to [0, 1]."""
+    return F.interpolate(cam[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+
+
 def check_method(method: str) -> CamMethod:
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -364,8 +370,7 @@ class Explainer:
             grads = job.grads[p] if method.needs_gradient else None
             weighted = method.weighted_map(job.activations, grads, channels, scores)
             cam = minmax(torch.relu(weighted), dims=(0, 1))
-            heatmap = F.interpolate(cam[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-            heatmap_np = heatmap.clamp(0, 1).cpu().numpy().astype(np.float32)
+            heatmap_np = heatmap_from_cam(cam, height, width).cpu().numpy().astype(np.float32)
             k = 0 if channels is None else len(channels)
             if method.masked == "all":
                 k = num_channels

@@ -187,3 +187,27 @@ def test_check_fails_for_the_wrong_prompt(localization_run):
     _, _, _, other_maps, other_boxes = localization_run
     m = assert_control_fails("other prompt", localization_run, other_maps, other_boxes)
     assert m["wrong_box"] >= 0.05  # ... they land on the other object instead (measured 0.10)
+
+
+def test_box_ceiling_script_bounds_otsu_boxes_by_the_cam_grid(tmp_path, monkeypatch, capsys):
+    """scripts/box_ceiling.py on a few localization scenes: ideal 14x14 maps fit better than 7x7 ones, a halo makes
+    7x7 boxes worse, and the profile puts ideal maps at zero off the object while the trained maps peak on it."""
+    import runpy
+
+    out = tmp_path / "ceiling.json"
+    argv = ["--n", "10", "--grids", "7,14", "--gammas", "1", "--leaks", "0,0.3", "--json", str(out),
+            "--plot", str(tmp_path / "ceiling.png"), "--measured", str(DEMO / "quality.json"), "--profile"]
+    monkeypatch.setattr("sys.argv", ["scripts/box_ceiling.py", *argv])
+    monkeypatch.syspath_prepend(str(DEMO.parent.parent / "scripts"))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(DEMO.parent.parent / "scripts" / "box_ceiling.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    result = json.loads(out.read_text())
+    rows = {(r["grid"], r["leak"]): r for r in result["ceiling"]}
+    assert set(rows) == {(7, 0.0), (7, 0.3), (14, 0.0), (14, 0.3)} and all(r["n"] == 10 for r in rows.values())
+    assert rows[(14, 0.0)]["mean_iou"] > rows[(7, 0.0)]["mean_iou"] > rows[(7, 0.3)]["mean_iou"]
+    ideal, trained = result["profile"]["ideal coverage^1"], result["profile"]["trained demo: gscorecam"]
+    assert ideal["adjacent"] == 0.0 and ideal["far"] == 0.0 and ideal["core"] > ideal["partial"]
+    assert trained["core"] > trained["partial"] > trained["far"]
+    assert (tmp_path / "ceiling.png").stat().st_size > 0
+    assert "| 7x7 | coverage^1 | 0 |" in capsys.readouterr().out

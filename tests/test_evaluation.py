@@ -10,13 +10,77 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
+from handler.evaluation import ceiling as C
 from handler.evaluation import metrics as M
 from handler.evaluation.datasets import Sample, Target, load_coco, load_dataset, load_partimagenet, load_wsol
 from handler.evaluation.report import summary_rows, write_report
 from handler.evaluation.runner import MethodSpec, Runner, method_specs
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ box ceiling
+
+
+def square_mask(x0, y0, side, size=224):
+    m = np.zeros((size, size), bool)
+    m[y0 : y0 + side, x0 : x0 + side] = True
+    return m
+
+
+def test_cell_coverage_counts_the_covered_fraction_of_each_cell():
+    cov = C.cell_coverage(square_mask(64, 96, 32), grid=7)  # exactly cell (row 3, col 2)
+    assert cov.shape == (7, 7)
+    assert float(cov[3, 2]) == pytest.approx(1.0)
+    assert float(cov.sum()) == pytest.approx(1.0)
+    half = C.cell_coverage(square_mask(48, 96, 32), grid=7)  # straddles cells (3, 1) and (3, 2)
+    assert float(half[3, 1]) == pytest.approx(0.5) and float(half[3, 2]) == pytest.approx(0.5)
+    # a non-square image is squashed to the square input first: the same object fraction of the width
+    wide = np.zeros((224, 448), bool)
+    wide[96:128, 128:192] = True
+    assert torch.allclose(C.cell_coverage(wide, grid=7), cov, atol=1e-6)
+
+
+def test_ideal_cam_sharpens_and_leaks_into_neighbours():
+    cov = C.cell_coverage(square_mask(48, 96, 32), grid=7)  # 0.5 / 0.5
+    assert float(C.ideal_cam(cov).max()) == 1.0 and float(C.ideal_cam(cov).min()) == 0.0
+    one = C.cell_coverage(square_mask(64, 96, 32), grid=7)
+    leaky = C.ideal_cam(one, leak=0.25)
+    assert float(leaky[3, 2]) == pytest.approx(1.0)
+    assert float(leaky[2, 1]) == pytest.approx(0.25) and float(leaky[4, 3]) == pytest.approx(0.25)
+    assert float(leaky[0, 0]) == 0.0
+    uneven = C.cell_coverage(square_mask(40, 96, 32), grid=7)  # 0.75 in (3, 1), 0.25 in (3, 2)
+    assert float(C.ideal_cam(uneven)[3, 2]) == pytest.approx(1 / 3)
+    assert float(C.ideal_cam(uneven, gamma=2.0)[3, 2]) == pytest.approx(1 / 9)
+    assert float(C.ideal_cam(torch.zeros(7, 7)).max()) == 0.0  # nothing covered: all zeros, not NaN
+
+
+def test_cell_profile_separates_object_halo_and_background():
+    cov = C.cell_coverage(square_mask(40, 96, 32), grid=7)  # 0.75 in (3, 1), 0.25 in (3, 2)
+    exact = C.cell_profile(C.ideal_cam(cov), cov)
+    assert exact["core"] == pytest.approx(1.0) and exact["partial"] == pytest.approx(1 / 3)
+    assert exact["adjacent"] == 0.0 and exact["far"] == 0.0
+    halo = C.cell_profile(C.ideal_cam(cov, leak=0.5), cov)
+    assert halo["adjacent"] > 0.1 and halo["far"] == 0.0
+    whole = torch.ones(7, 7)  # everything covered: no adjacent or far cells
+    assert math.isnan(C.cell_profile(whole, whole)["far"]) and C.cell_profile(whole, whole)["core"] == 1.0
+
+
+def test_ideal_boxes_grow_with_the_halo_and_fit_better_on_a_finer_grid():
+    mask = square_mask(70, 100, 40)
+    gt = (70, 100, 110, 140)
+    tight = C.ideal_box(mask, grid=7)
+    halo = C.ideal_box(mask, grid=7, leak=0.5)
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    assert area(halo) > area(tight)
+    assert M.box_iou(C.ideal_box(mask, grid=14), gt) > M.box_iou(tight, gt)
+    # the box always contains the object's centre
+    for box in (tight, halo):
+        assert box[0] <= 90 <= box[2] and box[1] <= 120 <= box[3]
+    rows = C.ceiling([(mask, gt), (square_mask(0, 0, 112), (0, 0, 112, 112))], grid=14)
+    assert rows["n"] == 2 and 0.0 <= rows["boxacc"] <= 1.0 and rows["mean_iou"] > 0.5
 
 
 # ------------------------------------------------------------------------------------------------ metrics
