@@ -24,6 +24,15 @@ def test_benchmark_ratios_are_sane(tiny_rn128, photo):
     assert result.to_json()["ratios"] == ratios
 
 
+def test_k_sweep_reuses_the_default_k_measurement(tiny_rn128, photo):
+    messages = []
+    result = run_benchmark(tiny_rn128, photo, topk=16, batch_size=16, repeats=1, methods=("gscorecam",), peer=(),
+                           prompt_counts=(), progress=messages.append, k_sweep=(8, 16))
+    assert result.k_sweep_ms[16] == result.ms["gscorecam"] and result.k_sweep_floor_ms[16] == result.floor_folded_ms
+    assert result.k_sweep_ms[8] > 0 and result.k_sweep_floor_ms[8] > 0
+    assert "ours: gscorecam, k=8" in messages and "ours: gscorecam, k=16" not in messages
+
+
 def test_heatmap_agreement_handles_flat_maps():
     import numpy as np
 
