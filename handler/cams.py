@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+#: CAM layers a ResNet tower offers (the last block of each stage); layer4 is the default and the paper's.
+RESNET_CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
 
 @dataclass(frozen=True)
 class CamMethod:

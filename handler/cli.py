@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from handler.cams import METHODS
+from handler.cams import METHODS, RESNET_CAM_LAYERS
 from handler.errors import InputError
 
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     explain.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     explain.add_argument("--batch-size", type=int, default=32, help="masked images per forward pass")
+    explain.add_argument("--cam-layer", choices=RESNET_CAM_LAYERS,
+                         help="ResNets: the stage whose last block is the CAM layer (default: layer4, the paper's)")
     explain.add_argument("--out", type=Path, required=True, help="output folder")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -53,7 +55,8 @@ def explain_command(args: argparse.Namespace) -> int:
     image = decode_image(args.image.read_bytes())
     model = load_model(args.arch, args.pretrained, args.checkpoint, device=args.device, precision=args.precision,
                        quick_gelu=True if args.quick_gelu else None)
-    config = ExplainerConfig(method=args.method, topk=args.topk, batch_size=args.batch_size, progress=not args.quiet)
+    config = ExplainerConfig(method=args.method, topk=args.topk, batch_size=args.batch_size, progress=not args.quiet,
+                             cam_layer=args.cam_layer)
     results = Explainer.from_config(model, config).explain(image, args.prompt)
     args.out.mkdir(parents=True, exist_ok=True)
     for index, r in enumerate(results):

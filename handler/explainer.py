@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from handler.boxes import Box, otsu_box
-from handler.cams import METHODS, CamMethod, minmax
+from handler.cams import METHODS, RESNET_CAM_LAYERS, CamMethod, minmax
 from handler.errors import InputError
 from handler.images import DEFAULT_MAX_PIXELS, check_size, decode_image, to_rgb
 from handler.loading import ClipModel
@@ -51,6 +51,9 @@ class ExplainerConfig:
     # Masked passes on a copy of a ResNet tower with BatchNorm folded into the convolutions: the same scores up to
     # float rounding, 18-32% less CPU time (RN50, demo model); costs one extra copy of the tower's weights.
     fold_batchnorm: bool = True
+    # ResNets: the stage whose last block is the CAM layer, "layer1".."layer4"; None = the last convolutional layer
+    # (layer4), the paper's. layer3 doubles the grid (14x14 at 224 px): tighter boxes, less prompt-specific maps.
+    cam_layer: str | None = None
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -61,6 +64,8 @@ class ExplainerConfig:
             raise InputError(f"amp must be None or one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         if self.max_pixels < 1:
             raise InputError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.cam_layer is not None and self.cam_layer not in RESNET_CAM_LAYERS:
+            raise InputError(f"cam_layer must be one of {RESNET_CAM_LAYERS} or None, got {self.cam_layer!r}")
 
 
 @dataclass
@@ -163,6 +168,7 @@ class Explainer:
     ) -> None:
         self.model = model
         self.config = config if config is not None else ExplainerConfig(method=method, topk=topk, batch_size=batch_size)
+        self.cam_layer = model.cam_layer(self.config.cam_layer)  # InputError now if the tower has no such layer
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -260,12 +266,12 @@ class Explainer:
         captured: dict[str, torch.Tensor] = {}
 
         def detach_at_cam_layer(_module, _inputs, output):
-            # Cut the graph here: the backward then runs through the head only, never the trunk.
+            # Cut the graph here: the backward then runs only through the layers after it, never the trunk before.
             output = output.detach().requires_grad_(any(need_grad))
             captured["cam_layer"] = output
             return output
 
-        handle = model.target_layer.register_forward_hook(detach_at_cam_layer)
+        handle = self.cam_layer.register_forward_hook(detach_at_cam_layer)
         try:
             with torch.enable_grad() if any(need_grad) else torch.no_grad():
                 embedding = F.normalize(model.clip.encode_image(job.x).float(), dim=-1)

@@ -19,6 +19,7 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image
 from torch import nn
 
+from handler.cams import RESNET_CAM_LAYERS
 from handler.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,19 @@ class ClipModel:
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> ``(P, context_length)`` token tensor on the device; long prompts are truncated."""
         return self.tokenizer(list(prompts)).to(self.device)
+
+    def cam_layer(self, name: str | None = None) -> nn.Module:
+        """The module whose output is the CAM layer. ``None``: the default, ``target_layer`` (a ResNet's last
+        convolutional block, the paper's choice; a ViT's second-to-last block). ResNets also take ``"layer1"`` to
+        ``"layer4"``, the last block of that stage: each stage before layer4 doubles the grid (layer3: 14x14 at
+        224 px) with less prompt-specific maps (model_store/demo/README.md measures both on the demo model)."""
+        if name is None:
+            return self.target_layer
+        if self.kind != "resnet":
+            raise InputError(f"cam_layer {name!r}: only ResNet towers take a CAM layer other than the default")
+        if name not in RESNET_CAM_LAYERS:
+            raise InputError(f"cam_layer must be one of {RESNET_CAM_LAYERS} or None, got {name!r}")
+        return getattr(self.clip.visual, name)[-1]
 
     def activation_maps(self, captured: torch.Tensor) -> torch.Tensor:
         """CAM-layer output -> ``(B, N, h, w)`` maps. ViT: drop the class token(s), tokens to the patch grid."""

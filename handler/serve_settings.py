@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from handler.cams import METHODS
+from handler.cams import METHODS, RESNET_CAM_LAYERS
 
 HEATMAP_FORMATS = ("png", "none")
 
@@ -31,6 +31,9 @@ class ServeSettings:
     method: str = "gscorecam"
     # Default k (channels kept after gradient ranking); None = the model's own default (the core decides).
     topk: int | None = None
+    # ResNets: the stage whose last block is the CAM layer ("layer1".."layer4"); empty = the last convolutional
+    # layer (layer4), the paper's. layer3 doubles the grid: tighter boxes, less prompt-specific maps.
+    cam_layer: str = ""
     # Masked images per forward pass inside one explanation (memory vs. speed on the device).
     batch_size: int = 32
     # Largest accepted image, in pixels (W*H); bigger images are answered with 413.
@@ -55,6 +58,8 @@ class ServeSettings:
             raise ValueError(f"handler.heatmap must be one of {HEATMAP_FORMATS}, got {self.heatmap!r}")
         if self.topk is not None and self.topk < 1:
             raise ValueError(f"handler.topk must be >= 1, got {self.topk}")
+        if self.cam_layer and self.cam_layer not in RESNET_CAM_LAYERS:
+            raise ValueError(f"handler.cam_layer must be empty or one of {RESNET_CAM_LAYERS}, got {self.cam_layer!r}")
         for name in ("batch_size", "max_pixels", "max_prompts", "max_prompt_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"handler.{name} must be >= 1, got {getattr(self, name)}")
@@ -81,7 +86,7 @@ class ServeSettings:
         for key, value in values.items():
             if value is None:
                 kwargs[key] = None if key == "topk" else fields[key].default
-            elif key in ("arch", "checkpoint", "pretrained", "method", "heatmap", "precision"):
+            elif key in ("arch", "checkpoint", "pretrained", "method", "heatmap", "precision", "cam_layer"):
                 kwargs[key] = str(value)
             elif key == "warmup":
                 if not isinstance(value, bool):

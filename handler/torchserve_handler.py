@@ -81,6 +81,7 @@ class GScoreCAMHandler(BaseHandler):
                 topk=self.settings.topk,
                 batch_size=self.settings.batch_size,
                 max_pixels=self.settings.max_pixels,
+                cam_layer=self.settings.cam_layer or None,
             ),
         )
         merge_repeated_fields()

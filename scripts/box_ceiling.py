@@ -7,8 +7,11 @@ with a halo into the 8 neighbouring cells (leak); it goes through the explainer'
 7x7 is the demo model's CAM layer at 224 px (and CLIP RN50's); 14x14 is what a stride-16 layer or 448-px input gives.
 
     python scripts/box_ceiling.py                                  # table on the 200 scenes (~1 min)
-    python scripts/box_ceiling.py --json /tmp/ceiling.json --plot docs/img/box_ceiling.png \
-        --measured model_store/demo/quality.json --profile     # + where the trained demo model's maps sit (~1 min more)
+    python scripts/box_ceiling.py --json model_store/demo/box_ceiling.json --plot docs/img/box_ceiling.png \
+        --measured model_store/demo/quality.json --profile --cam-layers layer4,layer3   # + the trained model (~2 min)
+
+``--cam-layers layer4,layer3`` measures the trained demo model itself with each CAM layer (layer3: 14x14) on the
+same scenes: BoxAcc, pointing and boxes on another object for gScoreCAM and GradCAM.
 
 ``--profile`` explains the same scenes with the embedded demo model and prints the mean CAM value on the object's
 well-covered cells, its partly covered cells, the uncovered cells next to it and the rest: the "halo" that the
@@ -27,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_quality import localization_set  # noqa: E402
+from demo_quality import explain_set, localization_set, score_maps  # noqa: E402
 
 from handler.evaluation.ceiling import ceiling, cell_coverage, cell_profile, ideal_cam  # noqa: E402
 
@@ -85,6 +88,20 @@ def plot(rows: list[dict], leaks: list[float], path: str, measured: dict[str, fl
     fig.savefig(path)
 
 
+def measured_by_layer(items, layers: list[str], methods: tuple[str, ...] = ("gscorecam", "gradcam")) -> list[dict]:
+    """The trained demo model's localization numbers (scripts/demo_quality.py's definitions) per CAM layer."""
+    from handler import load_model
+
+    model = load_model()
+    rows = []
+    for layer in layers:
+        for method in methods:
+            heatmaps, boxes = explain_set(model, items, method, cam_layer=layer)
+            grid = model.image_size // (32 >> (4 - int(layer[-1])))  # strides 4, 8, 16, 32 for layer1..layer4
+            rows.append({"cam_layer": layer, "grid": grid, "method": method, **score_maps(items, heatmaps, boxes)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="localization scenes (seed 1002, as scripts/demo_quality.py)")
@@ -95,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="write a PNG of BoxAcc vs leak here")
     p.add_argument("--measured", default=None,
                    help="a scripts/demo_quality.py JSON: draw the trained model's gScoreCAM/GradCAM BoxAcc on the plot")
+    p.add_argument("--cam-layers", default="",
+                   help="comma-separated ResNet stages (e.g. layer4,layer3): measure the demo model with each CAM layer")
     p.add_argument("--profile", action="store_true",
                    help="also print the demo model's mean CAM value per kind of cell (7x7 grid) on these scenes")
     a = p.parse_args(argv)
@@ -116,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         print("| maps | core | partial | adjacent | far |\n|---|---|---|---|---|")
         for name, prof in result["profile"].items():
             print(f"| {name} | {prof['core']:.2f} | {prof['partial']:.2f} | {prof['adjacent']:.2f} | {prof['far']:.2f} |")
+    if a.cam_layers:
+        result["measured"] = measured_by_layer(items, a.cam_layers.split(","))
+        print("\nThe trained demo model with each CAM layer (BoxAcc: IoU >= 0.5 with the named object's box)\n")
+        print("| CAM layer | grid | method | BoxAcc | pointing | box on another object | mean IoU |\n"
+              "|---|---|---|---|---|---|---|")
+        for r in result["measured"]:
+            print(f"| {r['cam_layer']} | {r['grid']}x{r['grid']} | {r['method']} | {100 * r['boxacc']:.1f}% | "
+                  f"{100 * r['pointing']:.1f}% | {100 * r['wrong_box']:.1f}% | {r['mean_iou']:.3f} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)

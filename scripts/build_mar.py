@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from handler.cams import RESNET_CAM_LAYERS  # noqa: E402
 from handler.serve_settings import METHODS, ServeSettings  # noqa: E402
 
 DEMO_DIR = ROOT / "model_store" / "demo"
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--response-timeout", type=int, default=300, help="seconds before TorchServe kills a busy worker")
     ap.add_argument("--method", choices=METHODS, default="gscorecam", help="default CAM method")
     ap.add_argument("--topk", type=int, default=None, help="default k (default: the model's own, else the core's)")
+    ap.add_argument("--cam-layer", choices=RESNET_CAM_LAYERS, default=None,
+                    help="ResNets: the stage whose last block is the CAM layer (default: layer4, the paper's)")
     ap.add_argument("--pass-batch-size", type=int, default=32, help="masked images per forward pass (default 32)")
     ap.add_argument("--max-pixels", type=int, default=ServeSettings().max_pixels, help="413 above this many pixels")
     ap.add_argument("--max-prompts", type=int, default=ServeSettings().max_prompts, help="400 above this many prompts")
@@ -148,6 +151,7 @@ def build(args: argparse.Namespace) -> Path:
         settings.update(
             method=args.method,
             topk=args.topk,
+            cam_layer=args.cam_layer or "",
             batch_size=args.pass_batch_size,
             max_pixels=args.max_pixels,
             max_prompts=args.max_prompts,

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from handler import Explainer, load_model  # noqa: E402
+from handler import Explainer, ExplainerConfig, load_model  # noqa: E402
 from handler import scenes as S  # noqa: E402
 from handler.boxes import box_iou  # noqa: E402
 
@@ -147,9 +147,10 @@ def score_maps(items, heatmaps, boxes) -> dict:
     return res
 
 
-def explain_set(model, items, method: str, with_other: bool = False, topk=None):
+def explain_set(model, items, method: str, with_other: bool = False, topk=None, cam_layer: str | None = None):
     """Heatmaps and boxes for the named object (and, with_other, for the other object: one call, shared passes)."""
-    explainer = Explainer(model, method=method, topk=topk, batch_size=64)
+    config = ExplainerConfig(method=method, topk=topk, batch_size=64, cam_layer=cam_layer)
+    explainer = Explainer.from_config(model, config)
     heatmaps, boxes, other = [], [], []
     for sc, target, oth in tqdm(items, desc=method, leave=False, mininterval=2):
         rs = explainer.explain(sc.image, [target.label] + ([oth.label] if with_other else []))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from handler import Explainer, load_model
+from handler import Explainer, ExplainerConfig, load_model
 from handler import scenes as S
 from handler.boxes import box_iou, otsu_box
 
@@ -38,6 +38,8 @@ MIN_TOP1_SINGLE = 0.95
 MIN_POINTING = 0.60
 MIN_BOXACC = 0.05
 MAX_WRONG_BOX = 0.05
+# cam_layer="layer3" (14x14) on the same fixed set: measured BoxAcc 0.675, pointing 0.925, box on another 0.125
+MIN_BOXACC_LAYER3 = 0.50
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +156,20 @@ def test_gscorecam_lands_on_the_named_object(localization_run):
     assert m["boxacc"] >= MIN_BOXACC, m
     assert m["wrong_box"] <= MAX_WRONG_BOX, m
     assert check_passes(m)
+
+
+def test_a_finer_cam_layer_gives_tighter_boxes(model, localization_run):
+    """cam_layer="layer3" (14x14): the documented trade-off (model card, Limitations) on the fixed set: far more
+    boxes fit the named object than at layer4's 7x7, the maximum still lands on it, more boxes on another object."""
+    items, heatmaps, boxes, _, _ = localization_run
+    coarse = localization_metrics(items, heatmaps, boxes)
+    explainer = Explainer.from_config(model, ExplainerConfig(cam_layer="layer3", batch_size=64))
+    results = [explainer.explain(sc.image, [target.label])[0] for sc, target in items]
+    assert results[0].cam.shape == (14, 14)
+    fine = localization_metrics(items, [r.heatmap for r in results], [r.box for r in results])
+    print("gscorecam at layer3 on the fixed set:", fine)
+    assert fine["boxacc"] >= MIN_BOXACC_LAYER3 and fine["boxacc"] >= coarse["boxacc"] + 0.3, (fine, coarse)
+    assert fine["pointing"] >= MIN_POINTING, fine
 
 
 def assert_control_fails(name: str, localization_run, maps, boxes=None) -> dict:

@@ -44,17 +44,31 @@ PEERS = {
 @pytest.mark.parametrize("tower", ["tiny_rn128", "tiny_vit"])
 @pytest.mark.parametrize("method", sorted(PEERS))
 def test_parity_with_pytorch_grad_cam(request, tower, method, photo):
+    assert_parity(request.getfixturevalue(tower), method, photo)
+
+
+@pytest.mark.parametrize("method", ["scorecam", "gradcam"])
+def test_parity_at_another_cam_layer(tiny_rn128, method, photo):
+    assert_parity(tiny_rn128, method, photo, cam_layer="layer3")
+
+
+def assert_parity(model, method: str, photo, cam_layer: str | None = None) -> None:
+    """Our CAMs against pytorch-grad-cam's on the same model, CAM layer and prompts (r >= 0.99 per prompt)."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    model = request.getfixturevalue(tower)
+    tower = f"{model.name} at {cam_layer or 'the default layer'}"
     prompts = ["a red disc", "a blue disc", "a photo", "green"]
-    ours = Explainer(model, method=method, batch_size=16).explain(photo, prompts)
+    config = ExplainerConfig(method=method, batch_size=16, cam_layer=cam_layer)
+    ours = Explainer.from_config(model, config).explain(photo, prompts)
 
     peer_clip = copy.deepcopy(model.clip).requires_grad_(True)  # the peer needs autograd through the trunk
     explainer = Explainer(model)
     wrapper = ClipAsClassifier(peer_clip, explainer.text_embeddings(prompts).clone()).eval()
-    target = peer_clip.visual.layer4[-1] if model.kind == "resnet" else peer_clip.visual.transformer.resblocks[-2]
+    if model.kind == "resnet":
+        target = getattr(peer_clip.visual, cam_layer or "layer4")[-1]
+    else:
+        target = peer_clip.visual.transformer.resblocks[-2]
     cam_class = getattr(pytorch_grad_cam, PEERS[method])
     reshape = None if model.kind == "resnet" else vit_reshape(model)
     x = model.preprocess(photo)
@@ -263,6 +277,20 @@ def test_no_backward_through_the_trunk(tiny_rn128, photo):
     finally:
         hook.remove()
     assert seen == [False]
+
+
+def test_cam_layer_option_picks_the_stage_and_its_grid(tiny_rn128, tiny_vit, photo):
+    default = Explainer(tiny_rn128, method="gradcam").explain(photo, ["a red disc"])[0]
+    finer = Explainer.from_config(tiny_rn128, ExplainerConfig(method="gradcam", cam_layer="layer3")).explain(
+        photo, ["a red disc"])[0]
+    assert default.cam.shape == (4, 4) and finer.cam.shape == (8, 8)  # 128 px: stride 32, then 16
+    assert finer.heatmap.shape == default.heatmap.shape == (photo.height, photo.width)
+    same = Explainer.from_config(tiny_rn128, ExplainerConfig(method="gradcam", cam_layer="layer4"))
+    np.testing.assert_allclose(same.explain(photo, ["a red disc"])[0].cam, default.cam, atol=1e-6)
+    with pytest.raises(InputError, match="cam_layer must be one of"):
+        ExplainerConfig(cam_layer="layer5")
+    with pytest.raises(InputError, match="only ResNet towers"):
+        Explainer.from_config(tiny_vit, ExplainerConfig(cam_layer="layer3"))
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -240,6 +240,19 @@ def test_settings_from_yaml():
     arch, ckpt = ServeSettings(arch="m.json").resolve("/models/x", "w.safetensors")
     assert arch == "/models/x/m.json" and ckpt == "/models/x/w.safetensors"
     assert ServeSettings(arch="RN50").resolve("/d", None) == ("RN50", None)
+    assert ServeSettings.from_yaml_config({"handler": {"cam_layer": "layer3"}}).cam_layer == "layer3"
+    assert ServeSettings.from_yaml_config({"handler": {"cam_layer": None}}).cam_layer == ""
+    with pytest.raises(ValueError, match="cam_layer"):
+        ServeSettings(cam_layer="fc")
+
+
+def test_cam_layer_setting_reaches_the_explainer(model_dir):
+    from handler.torchserve_handler import GScoreCAMHandler
+
+    h = GScoreCAMHandler()
+    h.initialize(make_context(model_dir, {"cam_layer": "layer3", "warmup": False}))
+    assert h.explainer.cam_layer is h.clip.clip.visual.layer3[-1]
+    assert h.explainer.config.cam_layer == "layer3"
 
 
 def test_settings_fields_are_commented():
@@ -253,7 +266,8 @@ def test_settings_fields_are_commented():
 def test_build_mar_layout(tmp_path, model_dir):
     mar = build_mar(tmp_path, "--arch", str(model_dir / "tiny_clip.json"), "--checkpoint",
                     str(model_dir / "tiny_clip.safetensors"), "--batch-size", "8", "--workers", "2",
-                    "--topk", "5", "--method", "scorecam", "--archive-format", "zip-store", name="tiny")
+                    "--topk", "5", "--method", "scorecam", "--cam-layer", "layer3", "--archive-format", "zip-store",
+                    name="tiny")
     with zipfile.ZipFile(mar) as zf:
         names = set(zf.namelist())
         manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
@@ -265,7 +279,7 @@ def test_build_mar_layout(tmp_path, model_dir):
     assert manifest["model"]["serializedFile"] == "tiny_clip.safetensors"
     assert cfg["batchSize"] == 8 and cfg["minWorkers"] == cfg["maxWorkers"] == 2
     settings = ServeSettings.from_yaml_config(cfg)
-    assert (settings.arch, settings.topk, settings.method) == ("tiny_clip.json", 5, "scorecam")
+    assert (settings.arch, settings.topk, settings.method, settings.cam_layer) == ("tiny_clip.json", 5, "scorecam", "layer3")
 
 
 def test_build_mar_pretrained_packs_weights_and_quickgelu_arch(tmp_path, monkeypatch):
