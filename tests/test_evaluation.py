@@ -410,3 +410,6 @@ def test_evaluate_script_end_to_end_on_demo_scenes(tmp_path, capsys, monkeypatch
     before = (out / "results.csv").read_text()
     assert main([*argv, "--resume", "--quiet"]) == 0
     assert (out / "results.csv").read_text() == before
+    # another CAM layer is another run: its results may not be mixed into this cache
+    with pytest.raises(ValueError, match="cam_layer"):
+        main([*argv, "--resume", "--quiet", "--cam-layer", "layer3"])

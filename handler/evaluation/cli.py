@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from handler.cams import RESNET_CAM_LAYERS
 from handler.evaluation.datasets import DEFAULT_TEMPLATES, KINDS, load_dataset
 from handler.evaluation.report import write_report
 from handler.evaluation.runner import METHODS, Runner, method_specs
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--topk", type=int, nargs="+", default=None,
                    help="gScoreCAM k values to sweep (default: the model's default k)")
     e.add_argument("--batch-size", type=int, default=32, help="masked images per forward pass (CAM methods)")
+    e.add_argument("--cam-layer", choices=RESNET_CAM_LAYERS, default=None,
+                   help="ResNets: the stage whose last block is the CAM layer (default: layer4, the paper's)")
     e.add_argument("--rise-masks", type=int, default=8000, help="RISE masks N (default 8000, like the paper)")
     e.add_argument("--rise-batch", type=int, default=100)
     e.add_argument("--rise-grid", type=int, default=None, help="RISE grid cells per side (default: input size / 32)")
@@ -119,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 "precision": args.precision, "dataset": args.dataset,
                 "annotations": str(Path(args.annotations).resolve()), "template": args.template,
                 "categories": args.categories}
-    explainer = Explainer.from_config(model, ExplainerConfig(batch_size=args.batch_size, amp=args.amp))
+    if args.cam_layer:  # only when set: caches made before the option existed stay resumable
+        run_info["cam_layer"] = args.cam_layer
+    config = ExplainerConfig(batch_size=args.batch_size, amp=args.amp, cam_layer=args.cam_layer)
+    explainer = Explainer.from_config(model, config)
     runner = Runner(model, specs, cache, resume=args.resume, rise_kwargs=rise_kwargs,
                     pointing_tolerance=args.pointing_tolerance, progress=not args.no_progress,
                     run_info=run_info, explainer=explainer)
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"model": model.name, "weights_sha256": digest, "dataset": args.dataset, "images": len(samples),
             "explanations": sum(len(s.targets) for s in samples), "device": args.device,
             "rise_masks": args.rise_masks if "rise" in args.methods else None,
+            "cam_layer": args.cam_layer,
             "wall_s": round(time.perf_counter() - t0, 1),
             "command": "scripts/evaluate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
     meta = {k: v for k, v in meta.items() if v is not None}
