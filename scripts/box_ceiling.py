@@ -8,7 +8,8 @@ with a halo into the 8 neighbouring cells (leak); it goes through the explainer'
 
     python scripts/box_ceiling.py                                  # table on the 200 scenes (~1 min)
     python scripts/box_ceiling.py --json model_store/demo/box_ceiling.json --plot docs/img/box_ceiling.png \
-        --measured model_store/demo/quality.json --profile --cam-layers layer4,layer3   # + the trained model (~2 min)
+        --measured model_store/demo/quality.json --profile --cam-layers layer4,layer3 \
+        --overlays docs/img/demo_cam_layers.png                          # + the trained model (~2 min)
 
 ``--cam-layers layer4,layer3`` measures the trained demo model itself with each CAM layer (layer3: 14x14) on the
 same scenes: BoxAcc, pointing and boxes on another object for gScoreCAM and GradCAM.
@@ -30,7 +31,15 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_quality import explain_set, localization_set, score_maps  # noqa: E402
+from demo_quality import (  # noqa: E402
+    _save_png,
+    contact_sheet,
+    explain_set,
+    figure_items,
+    localization_set,
+    overlay_panel,
+    score_maps,
+)
 
 from handler.evaluation.ceiling import ceiling, cell_coverage, cell_profile, ideal_cam  # noqa: E402
 
@@ -102,6 +111,30 @@ def measured_by_layer(items, layers: list[str], methods: tuple[str, ...] = ("gsc
     return rows
 
 
+def layer_overlays(layers: list[str], path: str) -> None:
+    """gScoreCAM overlays of the demo model's figure scenes, one row per CAM layer (ground truth thin white)."""
+    from PIL import ImageDraw
+
+    from handler import Explainer, ExplainerConfig, load_model
+
+    model = load_model()
+    items = figure_items()
+    label_w, rows = 70, []
+    for layer in layers:
+        explainer = Explainer.from_config(model, ExplainerConfig(cam_layer=layer))
+        panels = [overlay_panel(sc, o, explainer.explain(sc.image, [o.label])[0], size=150) for sc, o in items]
+        row = contact_sheet(panels, cols=len(panels), cell=154)
+        labelled = row.crop((-label_w, 0, row.width, row.height))
+        labelled.paste((255, 255, 255), (0, 0, label_w, row.height))
+        grid = model.image_size // (32 >> (4 - int(layer[-1])))
+        ImageDraw.Draw(labelled).text((6, row.height // 2 - 12), f"{layer}\n{grid}x{grid}", fill=(0, 0, 0))
+        rows.append(labelled)
+    sheet = rows[0].crop((0, 0, rows[0].width, sum(r.height for r in rows)))
+    for i, row in enumerate(rows):
+        sheet.paste(row, (0, sum(r.height for r in rows[:i])))
+    _save_png(sheet, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="localization scenes (seed 1002, as scripts/demo_quality.py)")
@@ -114,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a scripts/demo_quality.py JSON: draw the trained model's gScoreCAM/GradCAM BoxAcc on the plot")
     p.add_argument("--cam-layers", default="",
                    help="comma-separated ResNet stages (e.g. layer4,layer3): measure the demo model with each CAM layer")
+    p.add_argument("--overlays", default=None,
+                   help="with --cam-layers: write a PNG of gScoreCAM overlays per CAM layer (a row each) here")
     p.add_argument("--profile", action="store_true",
                    help="also print the demo model's mean CAM value per kind of cell (7x7 grid) on these scenes")
     a = p.parse_args(argv)
@@ -143,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in result["measured"]:
             print(f"| {r['cam_layer']} | {r['grid']}x{r['grid']} | {r['method']} | {100 * r['boxacc']:.1f}% | "
                   f"{100 * r['pointing']:.1f}% | {100 * r['wrong_box']:.1f}% | {r['mean_iou']:.3f} |")
+        if a.overlays:
+            layer_overlays(a.cam_layers.split(","), a.overlays)
+            print(f"\nwrote {a.overlays}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)

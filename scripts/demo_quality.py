@@ -217,32 +217,44 @@ def _save_png(im: Image.Image, path: str) -> None:
     im.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
-def figures(model, out_dir: str) -> list[str]:
+def overlay_panel(scene: S.Scene, obj: S.SceneObject, result, size: int = 200) -> Image.Image:
+    """The heatmap and box of ``result`` over the scene, the object's ground-truth box thin white, longest side ``size``."""
     from handler.overlay import render_overlay
 
+    im = render_overlay(scene.image, result.heatmap, result.box, obj.label)
+    x0, y0, x1, y1 = obj.box
+    ImageDraw.Draw(im).rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255), width=1)
+    s = size / max(im.size)
+    return im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC)
+
+
+def contact_sheet(panels: list[Image.Image], cols: int, cell: int = 204) -> Image.Image:
+    """Panels centred in ``cell`` x ``cell`` squares, ``cols`` per row, on white."""
+    sheet = Image.new("RGB", (cols * cell, ((len(panels) + cols - 1) // cols) * cell), (255, 255, 255))
+    for i, im in enumerate(panels):
+        sheet.paste(im, ((i % cols) * cell + (cell - im.width) // 2, (i // cols) * cell + (cell - im.height) // 2))
+    return sheet
+
+
+def figure_items() -> list[tuple[S.Scene, S.SceneObject]]:
+    """The (scene, object) pairs of the overlay figures: 4 fresh scenes, their first two objects."""
+    items = []
+    for i in range(4):
+        sc = S.make_scene(LOC_SEED + 100, i, n_objects=3 + i % 2)
+        items.extend((sc, o) for o in sc.objects[:2])
+    return items
+
+
+def figures(model, out_dir: str) -> list[str]:
     paths = []
     grid = S.sample_grid(S.make_scenes(12, 7), cols=4, cell=200)
     p = os.path.join(out_dir, "scenes_grid.png")
     _save_png(grid, p)
     paths.append(p)
     explainer = Explainer(model, method="gscorecam")
-    panels = []
-    for i in range(4):
-        sc = S.make_scene(LOC_SEED + 100, i, n_objects=3 + i % 2)
-        for o in sc.objects[:2]:
-            r = explainer.explain(sc.image, [o.label])[0]
-            im = render_overlay(sc.image, r.heatmap, r.box, o.label)
-            d = ImageDraw.Draw(im)
-            x0, y0, x1, y1 = o.box
-            d.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255), width=1)  # ground truth, thin
-            s = 200 / max(im.size)
-            panels.append(im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC))
-    cols, cell = 4, 204
-    sheet = Image.new("RGB", (cols * cell, ((len(panels) + cols - 1) // cols) * cell), (255, 255, 255))
-    for i, im in enumerate(panels):
-        sheet.paste(im, ((i % cols) * cell + (cell - im.width) // 2, (i // cols) * cell + (cell - im.height) // 2))
+    panels = [overlay_panel(sc, o, explainer.explain(sc.image, [o.label])[0]) for sc, o in figure_items()]
     p = os.path.join(out_dir, "gscorecam_overlays.png")
-    _save_png(sheet, p)
+    _save_png(contact_sheet(panels, cols=4), p)
     paths.append(p)
     return paths
 

@@ -212,7 +212,8 @@ def test_box_ceiling_script_bounds_otsu_boxes_by_the_cam_grid(tmp_path, monkeypa
 
     out = tmp_path / "ceiling.json"
     argv = ["--n", "10", "--grids", "7,14", "--gammas", "1", "--leaks", "0,0.3", "--json", str(out),
-            "--plot", str(tmp_path / "ceiling.png"), "--measured", str(DEMO / "quality.json"), "--profile"]
+            "--plot", str(tmp_path / "ceiling.png"), "--measured", str(DEMO / "quality.json"), "--profile",
+            "--cam-layers", "layer3", "--overlays", str(tmp_path / "layers.png")]
     monkeypatch.setattr("sys.argv", ["scripts/box_ceiling.py", *argv])
     monkeypatch.syspath_prepend(str(DEMO.parent.parent / "scripts"))
     with pytest.raises(SystemExit) as exit_info:
@@ -225,5 +226,8 @@ def test_box_ceiling_script_bounds_otsu_boxes_by_the_cam_grid(tmp_path, monkeypa
     ideal, trained = result["profile"]["ideal coverage^1"], result["profile"]["trained demo: gscorecam"]
     assert ideal["adjacent"] == 0.0 and ideal["far"] == 0.0 and ideal["core"] > ideal["partial"]
     assert trained["core"] > trained["partial"] > trained["far"]
-    assert (tmp_path / "ceiling.png").stat().st_size > 0
+    assert [(r["cam_layer"], r["grid"], r["method"]) for r in result["measured"]] == [
+        ("layer3", 14, "gscorecam"), ("layer3", 14, "gradcam")]
+    assert all(0.0 <= r["boxacc"] <= 1.0 for r in result["measured"])
+    assert (tmp_path / "ceiling.png").stat().st_size > 0 and (tmp_path / "layers.png").stat().st_size > 0
     assert "| 7x7 | coverage^1 | 0 |" in capsys.readouterr().out
