@@ -272,7 +272,8 @@ def run_benchmark(
     result.floor_ms = floor_ms(model, image, probe.topk, batch_size, repeats, amp)
     if "scorecam" in methods:
         result.floor_all_ms = floor_ms(model, image, channels, batch_size, repeats, amp)
-    if model.inference_tower() is not model.clip.visual:
+    has_folded_tower = model.inference_tower() is not model.clip.visual  # ResNets
+    if has_folded_tower:
         folded = model.inference_tower()
         result.floor_folded_ms = floor_ms(model, image, probe.topk, batch_size, repeats, amp, folded)
         if "scorecam" in methods:
@@ -281,12 +282,13 @@ def run_benchmark(
         progress(f"ours: gscorecam, {count} prompts")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
         result.prompt_scaling_ms[count] = best_ms(lambda p=prompts: explainer.explain(image, p), repeats, model.device)
-    fastest = model.inference_tower() if config.fold_batchnorm else None
-    # the floors the explainer's own passes are compared with (the folded tower where it applies), by image count
-    folded = config.fold_batchnorm and model.inference_tower() is not model.clip.visual
-    known_floors = {probe.topk: result.floor_folded_ms if folded else result.floor_ms}
+    # the explainer's masked passes run on the folded tower where it applies: so does the sweep's floor, and the
+    # floors measured above are reused by image count
+    explainer_folds = config.fold_batchnorm and has_folded_tower
+    fastest = model.inference_tower() if explainer_folds else None
+    known_floors = {probe.topk: result.floor_folded_ms if explainer_folds else result.floor_ms}
     if "scorecam" in methods:
-        known_floors[channels] = result.floor_all_folded_ms if folded else result.floor_all_ms
+        known_floors[channels] = result.floor_all_folded_ms if explainer_folds else result.floor_all_ms
     for k in k_sweep:
         count = min(k, channels)
         if count == probe.topk and "gscorecam" in result.ms:  # measured above: do not time it twice

@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo_quality import (  # noqa: E402
-    _save_png,
     contact_sheet,
     explain_set,
     figure_items,
     localization_set,
     overlay_panel,
+    save_png,
     score_maps,
 )
 
@@ -49,12 +49,16 @@ def object_mask(scene, target) -> np.ndarray:
     return scene.mask == scene.objects.index(target) + 1
 
 
-def profiles(items, methods: tuple[str, ...] = ("gscorecam", "gradcam")) -> dict[str, dict[str, float]]:
-    """Mean cell profile (handler.evaluation.ceiling.cell_profile) of the demo model's CAMs on the localization items
-    ``(scene, named object, other object)``, and of ideal maps."""
-    from handler import Explainer, load_model
+def layer_grid(model, layer: str) -> int:
+    """Cells per side of a ResNet stage's output: strides 4, 8, 16, 32 for layer1..layer4."""
+    return model.image_size // (32 >> (4 - int(layer[-1])))
 
-    model = load_model()
+
+def profiles(model, items, methods: tuple[str, ...] = ("gscorecam", "gradcam")) -> dict[str, dict[str, float]]:
+    """Mean cell profile (handler.evaluation.ceiling.cell_profile) of the model's CAMs on the localization items
+    ``(scene, named object, other object)``, and of ideal maps."""
+    from handler import Explainer
+
     coverages = [cell_coverage(object_mask(scene, target), 7) for scene, target, _ in items]
     out = {}
     for name, gamma in (("ideal coverage^1", 1.0), ("ideal coverage^2", 2.0)):
@@ -95,29 +99,27 @@ def plot(rows: list[dict], leaks: list[float], path: str, measured: dict[str, fl
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+    plt.close(fig)
 
 
-def measured_by_layer(items, layers: list[str], methods: tuple[str, ...] = ("gscorecam", "gradcam")) -> list[dict]:
-    """The trained demo model's localization numbers (scripts/demo_quality.py's definitions) per CAM layer."""
-    from handler import load_model
-
-    model = load_model()
+def measured_by_layer(model, items, layers: list[str],
+                      methods: tuple[str, ...] = ("gscorecam", "gradcam")) -> list[dict]:
+    """The model's localization numbers (scripts/demo_quality.py's definitions) per CAM layer."""
     rows = []
     for layer in layers:
         for method in methods:
             heatmaps, boxes = explain_set(model, items, method, cam_layer=layer)
-            grid = model.image_size // (32 >> (4 - int(layer[-1])))  # strides 4, 8, 16, 32 for layer1..layer4
-            rows.append({"cam_layer": layer, "grid": grid, "method": method, **score_maps(items, heatmaps, boxes)})
+            rows.append({"cam_layer": layer, "grid": layer_grid(model, layer), "method": method,
+                         **score_maps(items, heatmaps, boxes)})
     return rows
 
 
-def layer_overlays(layers: list[str], path: str) -> None:
-    """gScoreCAM overlays of the demo model's figure scenes, one row per CAM layer (ground truth thin white)."""
+def layer_overlays(model, layers: list[str], path: str) -> None:
+    """gScoreCAM overlays of the model on the figure scenes, one row per CAM layer (ground truth thin white)."""
     from PIL import ImageDraw
 
-    from handler import Explainer, ExplainerConfig, load_model
+    from handler import Explainer, ExplainerConfig
 
-    model = load_model()
     items = figure_items()
     label_w, rows = 70, []
     for layer in layers:
@@ -126,13 +128,13 @@ def layer_overlays(layers: list[str], path: str) -> None:
         row = contact_sheet(panels, cols=len(panels), cell=154)
         labelled = row.crop((-label_w, 0, row.width, row.height))
         labelled.paste((255, 255, 255), (0, 0, label_w, row.height))
-        grid = model.image_size // (32 >> (4 - int(layer[-1])))
+        grid = layer_grid(model, layer)
         ImageDraw.Draw(labelled).text((6, row.height // 2 - 12), f"{layer}\n{grid}x{grid}", fill=(0, 0, 0))
         rows.append(labelled)
     sheet = rows[0].crop((0, 0, rows[0].width, sum(r.height for r in rows)))
     for i, row in enumerate(rows):
         sheet.paste(row, (0, sum(r.height for r in rows[:i])))
-    _save_png(sheet, path)
+    save_png(sheet, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,15 +165,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['grid']}x{r['grid']} | coverage^{r['gamma']:g} | {r['leak']:g} | {100 * r['boxacc']:.1f}% "
               f"| {r['mean_iou']:.3f} |")
     result = {"ceiling": rows}
+    model = None
+    if a.profile or a.cam_layers:
+        from handler import load_model
+
+        model = load_model()  # the embedded demo model
     if a.profile:
-        result["profile"] = profiles(items)
+        result["profile"] = profiles(model, items)
         print("\nMean 7x7 CAM value per kind of cell (core: coverage >= 0.3; partial: covered, < 0.3; adjacent: "
               "uncovered next to the object; far: the rest)\n")
         print("| maps | core | partial | adjacent | far |\n|---|---|---|---|---|")
         for name, prof in result["profile"].items():
             print(f"| {name} | {prof['core']:.2f} | {prof['partial']:.2f} | {prof['adjacent']:.2f} | {prof['far']:.2f} |")
     if a.cam_layers:
-        result["measured"] = measured_by_layer(items, a.cam_layers.split(","))
+        result["measured"] = measured_by_layer(model, items, a.cam_layers.split(","))
         print("\nThe trained demo model with each CAM layer (BoxAcc: IoU >= 0.5 with the named object's box)\n")
         print("| CAM layer | grid | method | BoxAcc | pointing | box on another object | mean IoU |\n"
               "|---|---|---|---|---|---|---|")
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['cam_layer']} | {r['grid']}x{r['grid']} | {r['method']} | {100 * r['boxacc']:.1f}% | "
                   f"{100 * r['pointing']:.1f}% | {100 * r['wrong_box']:.1f}% | {r['mean_iou']:.3f} |")
         if a.overlays:
-            layer_overlays(a.cam_layers.split(","), a.overlays)
+            layer_overlays(model, a.cam_layers.split(","), a.overlays)
             print(f"\nwrote {a.overlays}")
     if a.json:
         with open(a.json, "w") as f:

@@ -212,7 +212,7 @@ def localization(model, n: int = 200, scorecam_n: int = 200, controls: bool = Tr
 # figures
 
 
-def _save_png(im: Image.Image, path: str) -> None:
+def save_png(im: Image.Image, path: str) -> None:
     """128-colour PNG: the noisy backgrounds would make a true-colour PNG several times larger."""
     im.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
@@ -249,12 +249,12 @@ def figures(model, out_dir: str) -> list[str]:
     paths = []
     grid = S.sample_grid(S.make_scenes(12, 7), cols=4, cell=200)
     p = os.path.join(out_dir, "scenes_grid.png")
-    _save_png(grid, p)
+    save_png(grid, p)
     paths.append(p)
     explainer = Explainer(model, method="gscorecam")
     panels = [overlay_panel(sc, o, explainer.explain(sc.image, [o.label])[0]) for sc, o in figure_items()]
     p = os.path.join(out_dir, "gscorecam_overlays.png")
-    _save_png(contact_sheet(panels, cols=4), p)
+    save_png(contact_sheet(panels, cols=4), p)
     paths.append(p)
     return paths
 
